@@ -1,0 +1,58 @@
+"""detectron2's ViTDet ``SimpleFeaturePyramid`` with its padding contract fixed."""
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence
+
+from detectron2.config import configurable
+from detectron2.modeling.backbone import vit as d2_vit
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+__all__ = ["SimpleFeaturePyramid"]
+
+
+class SimpleFeaturePyramid(d2_vit.SimpleFeaturePyramid):
+    """detectron2's ``SimpleFeaturePyramid`` (same arguments, same weights and outputs) with:
+
+    - ``padding_constraints`` under the key ``"size_divisibility"``: upstream returns the misspelt
+      ``"size_divisiblity"`` and never sets ``size_divisibility``, so ``ImageList`` pads nothing
+      unless ``square_pad > 0`` and odd-sized images break the 0.5x level / top block alignment.
+    - a clear error when the input stride cannot make a power-of-two pyramid (patch 14).
+    - ``from_config`` for YACS (``MODEL.D2REG.*``), so one class serves kwargs, YACS and LazyCall.
+    """
+
+    @configurable
+    def __init__(self, net, in_feature: str, out_channels: int, scale_factors: Sequence[float],
+                 top_block=None, norm: str = "LN", square_pad: int = 0):
+        stride = net.output_shape()[in_feature].stride
+        strides = [stride / s for s in scale_factors]
+        if len(scale_factors) > 1 and not all(s.is_integer() and math.log2(s).is_integer() for s in strides):
+            raise ValueError(
+                f"SimpleFeaturePyramid needs power-of-two strides, but input stride {stride} with scale "
+                f"factors {tuple(scale_factors)} gives {strides}. With a DINOv2 patch-14 checkpoint use "
+                "patch_size=16 (the kernel is resampled, MODEL.D2REG.PATCH_SIZE 16), or scale_factors=(1.0,)."
+            )
+        super().__init__(net, in_feature, out_channels, list(scale_factors), top_block, norm, square_pad)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        from .backbone import DINOv2Backbone
+
+        c = cfg.MODEL.D2REG.SFP
+        return dict(
+            net=DINOv2Backbone(cfg),
+            in_feature="last_feat",
+            out_channels=c.OUT_CHANNELS,
+            scale_factors=tuple(c.SCALE_FACTORS),
+            top_block=LastLevelMaxPool() if c.TOP_BLOCK else None,
+            norm=c.NORM,
+            square_pad=c.SQUARE_PAD,
+        )
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
