@@ -1,0 +1,89 @@
+"""Registration of the synthetic data sets in detectron2's ``DatasetCatalog`` / ``MetadataCatalog``."""
+from __future__ import annotations
+
+from typing import Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json, load_sem_seg
+
+from .synthetic import (
+    SYNTH_DEFAULTS,
+    SYNTH_STUFF_CLASSES,
+    SYNTH_THING_CLASSES,
+    dataset_paths,
+    generate_synthetic_dataset,
+    synthetic_dataset_dir,
+)
+
+__all__ = ["SYNTH_DATASETS", "register_synthetic_datasets", "prepare_synthetic_dataset"]
+
+# name -> (task, split)
+SYNTH_DATASETS = {
+    "d2reg_synth_train": ("instances", "train"),
+    "d2reg_synth_val": ("instances", "val"),
+    "d2reg_synth_sem_seg_train": ("sem_seg", "train"),
+    "d2reg_synth_sem_seg_val": ("sem_seg", "val"),
+}
+_THING_COLORS = [(230, 60, 60), (60, 160, 230), (90, 200, 90)]
+_STUFF_COLORS = [(40, 40, 40)] + _THING_COLORS
+_GENERATORS = {}  # name -> zero-argument function generating the data set, returns its directory
+
+
+def register_synthetic_datasets(
+    root: Optional[str] = None,
+    num_train: int = SYNTH_DEFAULTS["num_train"],
+    num_val: int = SYNTH_DEFAULTS["num_val"],
+    image_size: int = SYNTH_DEFAULTS["image_size"],
+    seed: int = SYNTH_DEFAULTS["seed"],
+) -> str:
+    """(Re-)register ``d2reg_synth_{train,val}`` (COCO instances, ``evaluator_type="coco"``) and
+    ``d2reg_synth_sem_seg_{train,val}`` (ADE20k-style PNG masks, ``evaluator_type="sem_seg"``).
+
+    Nothing is generated here: the images are written on the first ``DatasetCatalog.get`` of any
+    of the four names (or :func:`prepare_synthetic_dataset`), under ``root`` (default
+    ``$D2REG_CACHE`` or ``~/.cache/d2reg``, resolved now). Returns the data set directory.
+    """
+    out = synthetic_dataset_dir(root, num_train, num_val, image_size, seed)
+    paths = dataset_paths(out)
+
+    def generate(r=root):
+        return generate_synthetic_dataset(r, num_train, num_val, image_size, seed)
+
+    for name, (task, split) in SYNTH_DATASETS.items():
+        p = paths[split]
+        if name in DatasetCatalog:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        _GENERATORS[name] = generate
+        if task == "instances":
+            DatasetCatalog.register(
+                name, lambda p=p, n=name: (generate(), load_coco_json(p["json_file"], p["image_root"], n))[1]
+            )
+            MetadataCatalog.get(name).set(
+                thing_classes=list(SYNTH_THING_CLASSES),
+                thing_colors=list(_THING_COLORS),
+                thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTH_THING_CLASSES))},
+                json_file=p["json_file"],
+                image_root=p["image_root"],
+                evaluator_type="coco",
+            )
+        else:
+            DatasetCatalog.register(
+                name, lambda p=p: (generate(), load_sem_seg(p["sem_seg_root"], p["image_root"], "png", "jpg"))[1]
+            )
+            MetadataCatalog.get(name).set(
+                stuff_classes=list(SYNTH_STUFF_CLASSES),
+                stuff_colors=list(_STUFF_COLORS),
+                image_root=p["image_root"],
+                sem_seg_root=p["sem_seg_root"],
+                evaluator_type="sem_seg",
+                ignore_label=255,
+            )
+    return out
+
+
+def prepare_synthetic_dataset(name: str) -> Optional[str]:
+    """Generate the data set behind ``name`` if it is a synthetic one (no-op otherwise). Returns
+    its directory, or None for other data sets."""
+    gen = _GENERATORS.get(name)
+    return gen() if gen is not None else None
