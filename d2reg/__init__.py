@@ -1,10 +1,19 @@
 """d2reg: DINOv2(-with-registers) ViT backbones for detectron2.
 
-Importing d2reg registers ``build_d2reg_sfp_backbone`` in detectron2's ``BACKBONE_REGISTRY``.
+Importing d2reg registers ``build_d2reg_sfp_backbone`` and ``build_d2reg_vit_backbone`` in detectron2's
+``BACKBONE_REGISTRY`` and ``LinearSemSegHead`` in ``SEM_SEG_HEADS_REGISTRY``.
 """
 from .checkpoint import CheckpointError, CheckpointInfo, load_dinov2_checkpoint
 from .config import add_d2reg_config, build_d2reg_sfp_backbone
-from .modeling import ARCHS, DINOv2Backbone, SimpleFeaturePyramid, ViTArch, create_dinov2_vit
+from .modeling import (
+    ARCHS,
+    DINOv2Backbone,
+    LinearSemSegHead,
+    SimpleFeaturePyramid,
+    ViTArch,
+    build_d2reg_vit_backbone,
+    create_dinov2_vit,
+)
 from .solver import lr_decay_rate
 
 __version__ = "0.1.0"
@@ -14,10 +23,12 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "DINOv2Backbone",
+    "LinearSemSegHead",
     "SimpleFeaturePyramid",
     "ViTArch",
     "add_d2reg_config",
     "build_d2reg_sfp_backbone",
+    "build_d2reg_vit_backbone",
     "create_dinov2_vit",
     "load_dinov2_checkpoint",
     "lr_decay_rate",
