@@ -1,0 +1,63 @@
+"""Diagnostics for DINOv2(-reg) ViTs: high-norm tokens, CLS/register attention maps, PCA feature maps.
+
+The command-line tools are ``tools/token_norms.py``, ``tools/attention_maps.py`` and
+``tools/pca_features.py``; they share :func:`common_parser` (model and input arguments),
+:func:`load_model` and :func:`load_images`. Everything here also works from Python.
+"""
+from .attention import AttentionMaps, attention_maps, attention_probs, last_block_attention
+from .common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AnalysisModel,
+    InputImage,
+    common_parser,
+    load_images,
+    load_model,
+    load_models,
+    output_dir,
+    peek_checkpoint,
+    to_tensor,
+)
+from .norms import (
+    ImageNorms,
+    block_stats,
+    block_thresholds,
+    block_tokens,
+    find_outliers,
+    neighbour_cosine,
+    outlier_neighbour_similarity,
+    reference_block,
+    token_norms,
+)
+from .pca import PCAResult, block_features, fit_pca, pca_rgb
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "AnalysisModel",
+    "AttentionMaps",
+    "ImageNorms",
+    "InputImage",
+    "PCAResult",
+    "attention_maps",
+    "attention_probs",
+    "block_features",
+    "block_stats",
+    "block_thresholds",
+    "block_tokens",
+    "common_parser",
+    "find_outliers",
+    "fit_pca",
+    "last_block_attention",
+    "load_images",
+    "load_model",
+    "load_models",
+    "neighbour_cosine",
+    "outlier_neighbour_similarity",
+    "output_dir",
+    "pca_rgb",
+    "peek_checkpoint",
+    "reference_block",
+    "to_tensor",
+    "token_norms",
+]

@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""High-norm ("outlier") patch tokens per block of a DINOv2(-reg) ViT ("Vision Transformers Need
+Registers", Fig. 4a / 5a).
+
+Norms are measured at every block's output BEFORE the final LayerNorm unless --post-norm is given:
+the official get_intermediate_layers(norm=True) applies that LayerNorm, which rescales every token
+to about the same length and so hides the outliers.
+
+Writes DIR/summary.json ({"blocks": [{"block", "min", "median", "p99", "max", "outlier_fraction"}...],
+"outliers": [{"image", "block", "row", "col", "norm"}...], ...}), block_norms.csv, outliers.csv,
+norm_distribution.png, norm_by_block.png, neighbour_cosine.png and heatmaps/<image>.png; with
+--compare-weights the second model's summary goes to DIR/compare/ and the figures show both.
+
+  python tools/token_norms.py images/ --weights dinov2_vitg14_pretrain.pth --threshold 150 --output out/norms \\
+      --compare-weights dinov2_vitg14_reg4_pretrain.pth
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+from tabulate import tabulate
+from tqdm import tqdm
+
+from d2reg.analysis import (
+    block_stats,
+    block_thresholds,
+    common_parser,
+    find_outliers,
+    load_images,
+    load_model,
+    outlier_neighbour_similarity,
+    output_dir,
+    reference_block,
+    token_norms,
+)
+from d2reg.analysis.norms import summary, write_csv, write_json
+from d2reg.analysis.plots import plot_neighbour_cosine, plot_norm_by_block, plot_norm_distribution, plot_norm_heatmaps
+
+DEFAULT_THRESHOLD = 150.0
+POST_NOTE = ("post-final-norm: tokens after the final LayerNorm, as get_intermediate_layers(norm=True) returns them; "
+             "the LayerNorm rescales tokens to similar lengths and usually HIDES the high-norm outliers")
+PRE_NOTE = ("pre-final-norm: raw residual-stream tokens at each block's output (no final LayerNorm), where the "
+            "high-norm outliers show; get_intermediate_layers(norm=True) would hide them (see --post-norm)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, parents=[common_parser()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    thr = p.add_mutually_exclusive_group()
+    thr.add_argument("--threshold", type=float, default=None,
+                     help=f"absolute norm above which a patch token is an outlier (default {DEFAULT_THRESHOLD:g})")
+    thr.add_argument("--relative", type=float, default=None, metavar="K",
+                     help="outlier: norm > K x that block's median patch-token norm (over all images)")
+    p.add_argument("--post-norm", action="store_true", help="measure after the final LayerNorm (hides outliers)")
+    p.add_argument("--compare-weights", default="", help="second checkpoint (e.g. the -reg4 model) shown side by side")
+    p.add_argument("--compare-arch", default=None, help="arch of --compare-weights (default: from the checkpoint)")
+    p.add_argument("--compare-registers", type=int, default=None,
+                   help="registers of --compare-weights (default: from the checkpoint)")
+    p.add_argument("--reference-block", type=int, default=None,
+                   help="block whose outliers are used for the neighbour similarity (default: the last block "
+                        "if it has outliers, else the block with the most)")
+    p.add_argument("--heatmap-blocks", default="auto",
+                   help="'auto' (blocks with outliers in the image, at most 8, else the last), 'all', or e.g. 0,6,11")
+    p.add_argument("--max-heatmaps", type=int, default=8, help="draw heatmaps for at most this many images")
+    p.add_argument("--no-plots", action="store_true", help="tables, JSON and CSV only")
+    return p
+
+
+def analyse(model, images, args):
+    """Norms, stats, outliers and neighbour similarity of one model over all images."""
+    results = [token_norms(model, im, args.post_norm)
+               for im in tqdm(images, desc=f"norms {model.label}", disable=len(images) < 4, file=sys.stdout)]
+    thresholds = block_thresholds(results, args.threshold, args.relative)
+    stats = block_stats(results, thresholds)
+    outliers = find_outliers(results, thresholds)
+    sim = outlier_neighbour_similarity(results, thresholds, reference_block(stats, args.reference_block))
+    return results, thresholds, stats, outliers, sim
+
+
+def meta(model, images, args, thresholds, sim) -> dict:
+    if args.relative is not None:
+        threshold = {"mode": "relative", "k": args.relative, "per_block": thresholds,
+                     "rule": "norm > k x block median (median over all images' patch tokens)"}
+    else:
+        threshold = {"mode": "absolute", "value": thresholds[0], "rule": "norm > value"}
+    info = model.info
+    return {
+        "norm": "post-final-norm" if args.post_norm else "pre-final-norm",
+        "norm_note": POST_NOTE if args.post_norm else PRE_NOTE,
+        "tokens": "patch tokens only (CLS / registers: cls_norm / register_norm per block); blocks are 0-based, "
+                  "row/col on the patch grid",
+        "threshold": threshold,
+        "model": {"weights": model.weights or None, "arch": model.spec.name, "embed_dim": model.spec.embed_dim,
+                  "depth": model.depth, "num_heads": model.spec.num_heads, "registers": model.num_register_tokens,
+                  "patch_size": model.patch_size, "checkpoint_format": info.format if info else None},
+        "images": [{"name": im.name, "source": im.source, "height": im.size[0], "width": im.size[1],
+                    "rows": model.grid(*im.size)[0], "cols": model.grid(*im.size)[1]} for im in images],
+        "neighbour_similarity": {k: v for k, v in sim.items() if not k.endswith("_values")},
+    }
+
+
+def print_report(label, args, stats, outliers, sim, images) -> None:
+    print(f"\n== {label}\n   norms: {POST_NOTE if args.post_norm else PRE_NOTE}")
+    thr = f"> {args.relative:g} x block median" if args.relative is not None else f"> {stats[0]['threshold']:g}"
+    keys = ["block", "min", "median", "p99", "max", "threshold", "num_outliers", "outlier_fraction", "cls_norm",
+            "register_norm"]
+    cols = ["block", "min", "median", "p99", "max", "threshold", "outliers", "fraction", "CLS", "registers"]
+    rows = [[s.get(k, "-") for k in keys] for s in stats]
+    for r in rows:
+        r[7] = f"{100 * r[7]:.2f}%"
+    print(f"   patch-token L2 norms per block, outlier: norm {thr}")
+    print(tabulate(rows, headers=cols, tablefmt="github", floatfmt=".1f"))
+    o, n = sim["outlier"], sim["normal"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"\n   neighbour similarity (paper Fig. 5a): mean cosine to the 4 neighbours at the patch-embedding output "
+          f"(before position embeddings), tokens classed by block {sim['block']}:")
+    print(tabulate([["outlier", o["count"], fmt(o["mean"]), fmt(o["median"])],
+                    ["normal", n["count"], fmt(n["mean"]), fmt(n["median"])]],
+                   headers=["tokens", "count", "mean cos", "median cos"], tablefmt="github"))
+    by_image = {}
+    for d in outliers:
+        by_image.setdefault(d["image"], []).append(d)
+    print(f"\n   outlier positions per image (row, col on the patch grid) at block {sim['block']}:")
+    for im in images[:20]:
+        found = by_image.get(im.name, [])
+        blocks = sorted({d["block"] for d in found})
+        at_ref = sorted((d for d in found if d["block"] == sim["block"]), key=lambda d: -d["norm"])
+        pos = ", ".join(f"({d['row']},{d['col']}) {d['norm']:.0f}" for d in at_ref[:8])
+        more = f" (+{len(at_ref) - 8})" if len(at_ref) > 8 else ""
+        span = f"blocks {blocks[0]}..{blocks[-1]} ({len(blocks)} with outliers)" if blocks else "no outliers"
+        print(f"   {im.name}: {span}; {pos or '-'}{more}")
+    if len(images) > 20:
+        print(f"   ... {len(images) - 20} more images in outliers.csv")
+
+
+def heatmap_blocks(spec: str, depth: int, outliers_per_model, image_name: str):
+    if spec == "all":
+        return list(range(depth))
+    if spec != "auto":
+        return sorted({int(b) % depth for b in spec.split(",")})
+    blocks = sorted({d["block"] for outl in outliers_per_model for d in outl if d["image"] == image_name})
+    if not blocks:
+        return [depth - 1]
+    if len(blocks) > 8:
+        blocks = [blocks[i] for i in np.linspace(0, len(blocks) - 1, 8).round().astype(int)]
+    return blocks
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threshold is None and args.relative is None:
+        args.threshold = DEFAULT_THRESHOLD
+    out = output_dir(args, "token_norms")
+    images = load_images(args.inputs, args.resize, args.max_images)
+    print(f"{len(images)} image(s); output: {out}")
+    runs = [(args.weights, args.arch, args.registers, out)]
+    if args.compare_weights:
+        runs.append((args.compare_weights, args.compare_arch, args.compare_registers, os.path.join(out, "compare")))
+    done = {}
+    for weights, arch, registers, folder in runs:
+        model = load_model(weights, arch, registers, args.patch_size, args.patch_resize, args.post_norm, args.device,
+                           args.embed_dim, args.depth, args.num_heads)
+        results, thresholds, stats, outliers, sim = analyse(model, images, args)
+        os.makedirs(folder, exist_ok=True)
+        result = summary(stats, outliers, meta(model, images, args, thresholds, sim))
+        write_json(result, os.path.join(folder, "summary.json"))
+        write_csv(stats, os.path.join(folder, "block_norms.csv"))
+        write_csv(outliers, os.path.join(folder, "outliers.csv"), fields=("image", "block", "row", "col", "norm"))
+        label = model.label if model.label not in done else f"{model.label} [2]"
+        print_report(label, args, stats, outliers, sim, images)
+        done[label] = dict(results=results, thresholds=thresholds, stats=stats, outliers=outliers, sim=sim,
+                           patch=model.patch_size, summary=result)
+        del model
+    if not args.no_plots:
+        write_plots(done, images, args, out)
+    print(f"\nwrote {out}/summary.json, block_norms.csv, outliers.csv" + ("" if args.no_plots else " and PNGs")
+          + (f"; second model in {out}/compare/" if args.compare_weights else ""))
+    return next(iter(done.values()))["summary"]
+
+
+def write_plots(done: dict, images, args, out: str) -> None:
+    mode = "post-final-norm" if args.post_norm else "pre-final-norm"
+    thresholds = {k: v["thresholds"] for k, v in done.items()}
+    series = {k: [np.concatenate([r.norms[b].ravel() for r in v["results"]]) for b in range(len(v["stats"]))]
+              for k, v in done.items()}
+    plot_norm_distribution(series, thresholds, os.path.join(out, "norm_distribution.png"),
+                           f"patch-token L2 norm per block ({mode}; dashed: outlier threshold)")
+    plot_norm_by_block({k: v["stats"] for k, v in done.items()}, os.path.join(out, "norm_by_block.png"),
+                       f"patch-token norms per block ({mode})")
+    plot_neighbour_cosine({k: v["sim"] for k, v in done.items()}, os.path.join(out, "neighbour_cosine.png"))
+    os.makedirs(os.path.join(out, "heatmaps"), exist_ok=True)
+    depth = max(len(v["stats"]) for v in done.values())
+    for i, im in enumerate(tqdm(images[: args.max_heatmaps], desc="heatmaps", disable=len(images) < 4,
+                                file=sys.stdout)):
+        blocks = heatmap_blocks(args.heatmap_blocks, depth, [v["outliers"] for v in done.values()], im.name)
+        maps = {k: v["results"][i].norms for k, v in done.items()}
+        patch = next(iter(done.values()))["patch"]
+        plot_norm_heatmaps(im.rgb, maps, blocks, patch, thresholds, os.path.join(out, "heatmaps", f"{im.name}.png"),
+                           f"{im.name}: patch-token norms ({mode}); boxes: outliers")
+
+
+if __name__ == "__main__":
+    main()
