@@ -68,7 +68,9 @@ class DINOv2Backbone(Backbone):
             use_act_checkpoint: recompute each block in the backward pass to save memory.
             freeze_at: 0 trains all; 1 freezes patch embed, CLS/register tokens and pos embed;
                 k > 1 also blocks 0..k-2; "all" (or -1) freezes the whole ViT.
-            window_size, window_block_indexes: ViTDet-style windowed attention (0: off).
+            window_size: ViTDet-style windowed attention, window side in patches (0: off).
+            window_block_indexes: the WINDOWED blocks (detectron2's ``ViT`` meaning); the others
+                stay global. CLS/registers stay global; see :mod:`d2reg.modeling.window`.
             pretrain_img_size: size of the stored position-embedding grid, in 14-px patches.
             embed_dim, depth, num_heads: override ``arch``'s numbers (tiny or custom models).
         """

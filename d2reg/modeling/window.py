@@ -1,0 +1,191 @@
+"""ViTDet-style windowed attention for DINOv2 ViTs, with the CLS and register tokens kept global.
+
+``enable_window_attention(vit, window_size, window_block_indexes)`` switches the blocks listed in
+``window_block_indexes`` to windowed attention and leaves the others global, exactly detectron2's
+``ViT(window_size=..., window_block_indexes=...)`` meaning: the list names the WINDOWED blocks.
+ViTDet's recipe (:func:`default_window_block_indexes`) keeps 4 evenly spaced global blocks: global at
+2, 5, 8, 11 for 12-block models (window_block_indexes 0, 1, 3, 4, 6, 7, 9, 10), at 5, 11, 17, 23 for
+24 blocks and 9, 19, 29, 39 for 40 blocks.
+
+Prefix tokens (CLS + registers). ViTDet's ViT has none; DINOv2 has ``P = 1 + num_register_tokens``,
+and its patch tokens rely on them (the registers are the attention sinks the model was trained
+with). In a windowed block, d2reg computes:
+
+- patch queries of a window attend to the keys/values of that window's patches PLUS the ``P``
+  shared prefix tokens (the same ``P`` for every window, no copies that could drift apart);
+- prefix queries attend globally to all ``P + h*w`` tokens, i.e. their update is exactly the one
+  the unmodified (global) block computes; it costs ``P * (P + h*w)`` scores, nothing next to the
+  windows;
+- the MLP, norms and layer scales are the block's own, per token.
+
+So the token sequence and the parameters stay those of the pre-trained model (``[CLS, reg..., patches]``,
+same state-dict keys): DINOv2 weights load unchanged, global blocks run timm's attention untouched,
+and with one window covering the whole grid a windowed block equals the global one exactly.
+RF-DETR's DINOv2 backbone instead copies CLS + registers into every window; its global blocks then
+see ``num_windows`` copies of every prefix token, which changes the softmax mass the pre-trained
+sinks get, and the copies must be merged at the end. Sharing the prefix avoids both.
+
+Padding: the patch grid is padded to a multiple of ``window_size`` by detectron2's
+``window_partition`` (and cropped back by ``window_unpartition``). Unlike detectron2, the padded keys
+are masked out (a key-padding mask, built once per grid), so the output does not depend on the
+padding. Only the q/k/v of the padded positions are padded (the qkv projection runs on the real
+tokens), and grids that are a multiple of the window run without a mask.
+
+The grid ``(h, w)`` is recorded by a forward hook on ``vit.patch_embed`` each time the ViT sees an
+image. Activation checkpointing recomputes windowed blocks in the backward pass with the grid of the
+last forward: do not interleave forwards of different image sizes before the backward (detectron2's
+training loop never does; a mismatch in the token count raises).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from detectron2.modeling.backbone.utils import window_partition, window_unpartition
+
+__all__ = ["WindowedAttention", "default_window_block_indexes", "enable_window_attention"]
+
+
+def default_window_block_indexes(depth: int, num_global: int = 4) -> List[int]:
+    """ViTDet's recipe: ``num_global`` evenly spaced global blocks ending with the last one (2, 5, 8,
+    11 for depth 12; 5, 11, 17, 23 for 24; 9, 19, 29, 39 for 40); returns the WINDOWED blocks."""
+    num_global = max(1, min(num_global, depth))
+    global_blocks = {(i + 1) * depth // num_global - 1 for i in range(num_global)}
+    return [i for i in range(depth) if i not in global_blocks]
+
+
+class _Grid:
+    """The patch grid (h, w) of the image the ViT is processing, shared by its windowed blocks."""
+
+    __slots__ = ("hw", "_masks")
+
+    def __init__(self):
+        self.hw: Optional[Tuple[int, int]] = None
+        self._masks: Dict[tuple, Optional[torch.Tensor]] = {}
+
+    def key_mask(self, window_size: int, num_prefix: int, device: torch.device) -> Optional[torch.Tensor]:
+        """(num_windows, 1, 1, P + ws*ws) bool, True = real key; None when the grid needs no padding."""
+        h, w = self.hw
+        if h % window_size == 0 and w % window_size == 0:
+            return None
+        key = (h, w, window_size, num_prefix, str(device))
+        mask = self._masks.get(key)
+        if mask is None:
+            valid = torch.zeros(1, -(-h // window_size) * window_size, -(-w // window_size) * window_size, 1,
+                                dtype=torch.bool, device=device)
+            valid[:, :h, :w] = True
+            windows = valid.view(1, valid.shape[1] // window_size, window_size, -1, window_size)
+            windows = windows.permute(0, 1, 3, 2, 4).reshape(-1, window_size * window_size)
+            prefix = torch.ones(windows.shape[0], num_prefix, dtype=torch.bool, device=device)
+            mask = torch.cat([prefix, windows], dim=1)[:, None, None, :]
+            if len(self._masks) > 16:
+                self._masks.clear()
+            self._masks[key] = mask
+        return mask
+
+
+class WindowedAttention(nn.Module):
+    """timm ``Attention`` with windowed patch attention and global prefix tokens (see module doc).
+
+    Takes over the submodules of the ``Attention`` it replaces (same names, so the same state-dict
+    keys and the same parameters) and runs every attention product through
+    ``F.scaled_dot_product_attention``.
+    """
+
+    def __init__(self, attn: nn.Module, window_size: int, num_prefix_tokens: int, grid: Optional[_Grid] = None):
+        super().__init__()
+        if getattr(attn, "gate", None) is not None:
+            raise NotImplementedError("windowed attention does not support gated attention")
+        self.num_heads, self.head_dim, self.attn_dim = attn.num_heads, attn.head_dim, attn.attn_dim
+        self.scale = attn.scale
+        self.qkv, self.q_norm, self.k_norm = attn.qkv, attn.q_norm, attn.k_norm
+        self.attn_drop, self.norm, self.proj, self.proj_drop = attn.attn_drop, attn.norm, attn.proj, attn.proj_drop
+        self.window_size = window_size
+        self.num_prefix_tokens = num_prefix_tokens
+        self._grid = grid if grid is not None else _Grid()  # shared per ViT by enable_window_attention
+
+    def extra_repr(self) -> str:
+        return f"window_size={self.window_size}, num_prefix_tokens={self.num_prefix_tokens}"
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("windowed attention takes no attention mask")
+        B, N, C = x.shape
+        P, ws, nh, hd = self.num_prefix_tokens, self.window_size, self.num_heads, self.head_dim
+        if self._grid.hw is None:
+            raise RuntimeError("windowed attention: no patch grid recorded (run the ViT, not the block alone)")
+        h, w = self._grid.hw
+        if N != P + h * w:
+            raise RuntimeError(
+                f"windowed attention: {N} tokens do not match the recorded {h}x{w} grid + {P} prefix tokens "
+                "(a forward of another image size ran before this block's recomputation?)"
+            )
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        qkv = self.qkv(x)  # (B, N, 3 * attn_dim)
+
+        # Prefix tokens: queries attend globally, exactly as in the unmodified block.
+        q, k, v = qkv.reshape(B, N, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nh, N, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        out_prefix = F.scaled_dot_product_attention(q[:, :, :P], k, v, dropout_p=dropout_p)
+
+        # Patch tokens: windows of ws x ws patches, each also sees the P shared prefix keys/values.
+        win, pad_hw = window_partition(qkv[:, P:].reshape(B, h, w, 3 * self.attn_dim), ws)
+        nw = win.shape[0] // B
+        qw, kw, vw = win.reshape(B * nw, ws * ws, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)
+        qw, kw = self.q_norm(qw), self.k_norm(kw)
+        kw = torch.cat([k[:, :, :P].repeat_interleave(nw, dim=0), kw], dim=2)
+        vw = torch.cat([v[:, :, :P].repeat_interleave(nw, dim=0), vw], dim=2)
+        mask = self._grid.key_mask(ws, P, x.device)
+        if mask is not None:
+            mask = mask.repeat(B, 1, 1, 1)
+        out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, dropout_p=dropout_p)
+        out = out.transpose(1, 2).reshape(B * nw, ws, ws, self.attn_dim)
+        out = window_unpartition(out, ws, pad_hw, (h, w)).reshape(B, h * w, self.attn_dim)
+
+        x = torch.cat([out_prefix.transpose(1, 2).reshape(B, P, self.attn_dim), out], dim=1)
+        x = self.norm(x)
+        x = self.proj(x)
+        return self.proj_drop(x)
+
+
+def enable_window_attention(vit: nn.Module, window_size: int, window_block_indexes: Sequence[int]) -> nn.Module:
+    """Make the blocks ``window_block_indexes`` of a timm ``VisionTransformer`` (a DINOv2 ViT from
+    :func:`d2reg.create_dinov2_vit`) use ``window_size`` x ``window_size`` windowed attention, in place.
+
+    ``window_block_indexes`` lists the WINDOWED blocks (detectron2's ``ViT`` meaning); the others stay
+    global. Negative indexes count from the end. Parameters and state-dict keys do not change, so
+    DINOv2 weights load before or after. Returns ``vit``.
+    """
+    if window_size <= 0:
+        return vit
+    depth = len(vit.blocks)
+    if not len(window_block_indexes):
+        raise ValueError(
+            f"window_size={window_size} but window_block_indexes is empty, so no block would be windowed. "
+            f"ViTDet's recipe for {depth} blocks: window_block_indexes={default_window_block_indexes(depth)} "
+            "(d2reg.modeling.window.default_window_block_indexes)."
+        )
+    take = []
+    for i in window_block_indexes:
+        j = i + depth if i < 0 else i
+        if not 0 <= j < depth:
+            raise ValueError(f"window_block_indexes entry {i} is out of range for {depth} blocks.")
+        take.append(j)
+    grid = getattr(vit, "_d2reg_window_grid", None)
+    if grid is None:
+        grid = _Grid()
+        vit._d2reg_window_grid = grid
+
+        def record_grid(module, inputs, output):  # patch_embed output: (B, h, w, C) with dynamic sizes
+            grid.hw = (output.shape[1], output.shape[2])
+
+        vit.patch_embed.register_forward_hook(record_grid)
+    for j in sorted(set(take)):
+        blk = vit.blocks[j]
+        if isinstance(blk.attn, WindowedAttention):
+            blk.attn.window_size = window_size
+        else:
+            blk.attn = WindowedAttention(blk.attn, window_size, vit.num_prefix_tokens, grid)
+    return vit
