@@ -68,14 +68,14 @@ def dinov2_vit(arch: str = "vit_base", registers: int = 4, **kwargs):
     return L(DINOv2Backbone)(**args)
 
 
-def sfp(net, square_pad: int = 1024, out_channels: int = 256):
-    """ViTDet's simple feature pyramid (p2-p6) over ``net``'s ``last_feat``."""
+def sfp(net, square_pad: int = 1024, out_channels: int = 256, top_block="p6"):
+    """ViTDet's simple feature pyramid (p2-p5, and p6 unless ``top_block=None``) over ``last_feat``."""
     return L(SimpleFeaturePyramid)(
         net=net,
         in_feature="last_feat",
         out_channels=out_channels,
         scale_factors=(4.0, 2.0, 1.0, 0.5),
-        top_block=L(LastLevelMaxPool)(),
+        top_block=L(LastLevelMaxPool)() if top_block else None,
         norm="LN",
         square_pad=square_pad,
     )

@@ -17,7 +17,7 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-__all__ = ["LinearSemSegHead", "build_d2reg_vit_backbone"]
+__all__ = ["LinearSemSegHead", "build_d2reg_vit_backbone", "vit_feature_shapes"]
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -131,3 +131,23 @@ def build_d2reg_vit_backbone(cfg, input_shape: ShapeSpec):
     if input_shape.channels != 3:
         raise ValueError(f"DINOv2 backbones take 3-channel images; MODEL.PIXEL_MEAN has {input_shape.channels}.")
     return DINOv2Backbone(cfg)
+
+
+def vit_feature_shapes(
+    arch: str = "vit_small",
+    out_indices: Sequence[int] = (-1,),
+    patch_size: int = 16,
+    embed_dim: Optional[int] = None,
+    depth: Optional[int] = None,
+    num_heads: Optional[int] = None,
+) -> Dict[str, ShapeSpec]:
+    """What ``DINOv2Backbone(arch, out_indices=..., patch_size=..., embed_dim=..., depth=...)
+    .output_shape()`` returns, without building it: the ``input_shape`` of a head in a LazyConfig,
+    e.g. ``L(LinearSemSegHead)(input_shape=L(vit_feature_shapes)(arch="${..backbone.arch}", ...))``."""
+    from .backbone import _normalize_indices
+    from .vit import get_arch
+
+    spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    take = _normalize_indices(list(out_indices), spec.depth)
+    names = [f"block{i}" for i in take[:-1]] + ["last_feat"]
+    return {n: ShapeSpec(channels=spec.embed_dim, stride=patch_size) for n in names}

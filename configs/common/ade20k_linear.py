@@ -1,0 +1,65 @@
+"""Shared base of the ADE20k linear-probe configs: the DINOv2 papers' protocol on frozen features.
+
+A frozen DINOv2(-reg) ViT at its native patch 14 (no kernel resampling; ``SemanticSegmentor`` pads to
+multiples of 14) with the final LayerNorm applied, as the official ``get_intermediate_layers(norm=True)``;
+``d2reg.LinearSemSegHead``: SyncBN + 1x1 conv on the last block's patch tokens (``linear4_*``: the last
+4 blocks concatenated), bilinear upsampling. AdamW lr 1e-3, wd 1e-4, 40k iterations at batch 16,
+linear warmup (1500) then linear (poly 1.0) decay, as the DINOv2 linear evaluation. Only the head
+trains (the backbone has no trainable parameter: the optimizer only sees the head).
+"""
+from detectron2.config import LazyCall as L
+from detectron2.modeling import SemanticSegmentor
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+
+from d2reg.modeling.semseg import LinearSemSegHead, vit_feature_shapes
+
+from .ade20k_sem_seg import dataloader
+from .d2reg_vit import dinov2_vit
+from .optim_train import adamw, make_train
+
+model = L(SemanticSegmentor)(
+    backbone=dinov2_vit(
+        "vit_base",
+        patch_size=14,
+        freeze_at="all",
+        final_norm=True,
+        out_indices=(-1,),
+        drop_path_rate=0.0,
+        embed_dim=None,
+        depth=None,
+        num_heads=None,
+    ),
+    sem_seg_head=L(LinearSemSegHead)(
+        input_shape=L(vit_feature_shapes)(
+            arch="${...backbone.arch}",
+            out_indices="${...backbone.out_indices}",
+            patch_size="${...backbone.patch_size}",
+            embed_dim="${...backbone.embed_dim}",
+            depth="${...backbone.depth}",
+            num_heads="${...backbone.num_heads}",
+        ),
+        num_classes=150,
+        norm="SyncBN",
+        dropout=0.0,
+        ignore_value=255,
+    ),
+    pixel_mean=[123.675, 116.28, 103.53],  # RGB, ImageNet
+    pixel_std=[58.395, 57.12, 57.375],
+)
+
+train = make_train(max_iter=40000, eval_period=4000)
+
+optimizer = adamw(lr=1e-3, weight_decay=1e-4)
+
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(PolynomialDecayParamScheduler)(base_value=1.0, power=1.0),
+    warmup_length=1500 / train.max_iter,
+    warmup_method="linear",
+    warmup_factor=1e-6,
+)
+
+
+def last_four_blocks(model) -> None:
+    """Linear probe on the last 4 blocks' patch tokens, concatenated (4x the channels)."""
+    model.backbone.out_indices = (-4, -3, -2, -1)
