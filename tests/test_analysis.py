@@ -133,7 +133,8 @@ def test_token_norms_finds_planted_outliers(files, tmp_path, patch, capsys):
     sim = on_disk["neighbour_similarity"]
     assert sim["block"] == DEPTH - 1 and sim["outlier"]["count"] == 3 and sim["normal"]["count"] == n_tokens - 3
     assert "neighbour similarity" in text and "(1,2)" in text and "(3,5)" in text
-    for png in ["norm_distribution.png", "norm_by_block.png", "neighbour_cosine.png", "heatmaps/a.png", "heatmaps/b.png"]:
+    pngs = ["norm_distribution.png", "norm_by_block.png", "neighbour_cosine.png", "heatmaps/a.png", "heatmaps/b.png"]
+    for png in pngs:
         with Image.open(os.path.join(out, png)) as im:
             assert im.size[0] > 100 and im.size[1] > 100
 
@@ -268,7 +269,8 @@ def test_neighbour_cosine_matches_brute_force():
     f = torch.nn.functional.normalize(feat, dim=-1)
     for i in range(4):
         for j in range(5):
-            nb = [(i + di, j + dj) for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)) if 0 <= i + di < 4 and 0 <= j + dj < 5]
+            steps = ((-1, 0), (1, 0), (0, -1), (0, 1))
+            nb = [(i + di, j + dj) for di, dj in steps if 0 <= i + di < 4 and 0 <= j + dj < 5]
             want = sum(float(f[i, j] @ f[a, b]) for a, b in nb) / len(nb)
             assert float(got[i, j]) == pytest.approx(want, abs=1e-6)
 
