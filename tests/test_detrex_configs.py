@@ -34,14 +34,15 @@ CONFIGS = REPO / "configs" / "detrex"
 COMMON = CONFIGS / "common" / "d2reg_backbone.py"
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
-# full config -> (arch, registers, pyramid levels, lr decay, decayed blocks)
+# full config -> (arch, registers, pyramid levels); drop path / layer decay from the shared recipe
 FULL = {
-    "dino_d2reg_vit_base_4scale_12ep.py": ("vit_base", 4, ["p3", "p4", "p5", "p6"], 0.7, 12),
-    "dino_d2reg_vit_base_5scale_12ep.py": ("vit_base", 4, ["p2", "p3", "p4", "p5", "p6"], 0.7, 12),
-    "dino_d2reg_vit_small_4scale_12ep.py": ("vit_small", 4, ["p3", "p4", "p5", "p6"], 0.7, 12),
-    "dino_d2reg_vit_large_4scale_12ep.py": ("vit_large", 4, ["p3", "p4", "p5", "p6"], 0.8, 24),
-    "dino_d2reg_vit_base_noreg_4scale_12ep.py": ("vit_base", 0, ["p3", "p4", "p5", "p6"], 0.7, 12),
+    "dino_d2reg_vit_base_4scale_12ep.py": ("vit_base", 4, ["p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_base_5scale_12ep.py": ("vit_base", 4, ["p2", "p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_small_4scale_12ep.py": ("vit_small", 4, ["p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_large_4scale_12ep.py": ("vit_large", 4, ["p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_base_noreg_4scale_12ep.py": ("vit_base", 0, ["p3", "p4", "p5", "p6"]),
 }
+RECIPE = LazyConfig.load(str(REPO / "configs" / "common" / "d2reg_vit.py")).RECIPE
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
 
@@ -270,13 +271,17 @@ def _stub_train_keys(root) -> set:
 
 @pytest.mark.parametrize("name", sorted(FULL))
 def test_full_config_with_detrex_stub(name, detrex_stub):
-    arch, regs, levels, decay, num_layers = FULL[name]
+    arch, regs, levels = FULL[name]
+    decay, num_layers = RECIPE[arch].layer_decay, RECIPE[arch].depth
     cfg = LazyConfig.load(str(CONFIGS / name))
     model = cfg.model
 
     # backbone swapped in, neck and transformer derived from it
-    assert model.backbone.net.arch == arch and model.backbone.net.num_register_tokens == regs
-    assert model.backbone.net.weights.endswith(f"dinov2_vit{arch[4]}14{'_reg4' if regs else ''}_pretrain.pth")
+    net = model.backbone.net
+    assert (net.arch, net.num_register_tokens, net.patch_size) == (arch, regs, 16)
+    assert net.drop_path_rate == RECIPE[arch].drop_path
+    assert net.weights.endswith(f"dinov2_vit{arch[4]}14{'_reg4' if regs else ''}_pretrain.pth")
+    assert model.backbone.square_pad == 0
     assert list(model.neck.in_features) == levels
     assert model.neck.num_outs == len(levels)
     assert model.transformer.encoder.num_feature_levels == model.transformer.decoder.num_feature_levels == len(levels)

@@ -5,21 +5,20 @@ Runs inside a detrex checkout (README, section "detrex"):
         --config-file /path/to/d2reg/configs/detrex/dino_d2reg_vit_base_4scale_12ep.py \
         model.backbone.net.weights=/path/to/dinov2_vitb14_reg4_pretrain.pth
 
-Follows detrex's projects/dino/configs/dino-vitdet/ (detectron2 ViT in a SimpleFeaturePyramid) with
-layer-wise lr decay as in its dino-eva-02 configs, plus a linear warm-up (ViTDet-DINO trains unstably
-without one) and gradient clipping.
+Follows detrex's projects/dino/configs/dino-vitdet/ (detectron2 ViT in a SimpleFeaturePyramid) and
+dino-eva-02/ (layer-wise lr decay) configs: detrex's DINO recipe (AdamW lr 1e-4, weight decay 1e-4,
+gradient clipping at 0.1, 12 epochs at batch 16) plus a linear warm-up, without which ViTDet-DINO
+trains unstably. Drop path and layer decay per ViT size come from configs/common/d2reg_vit.py.
 """
-from functools import partial
-
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from detrex.config import get_config
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from d2reg import lr_decay_rate
 from d2reg.detrex import load_detrex_config, match_neck_to_backbone
 
-from .common.d2reg_backbone import backbone, no_weight_decay
+from ..common.d2reg_vit import layer_decay
+from .common.d2reg_backbone import backbone
 
 # detrex's DINO (ResNet-50 config), with the backbone swapped and the neck derived from it:
 # neck.input_shapes / in_features / num_outs and transformer.num_feature_levels (4: p3-p6).
@@ -59,12 +58,13 @@ lr_multiplier = L(WarmupParamScheduler)(
 )
 
 # AdamW with layer-wise lr decay over the ViT blocks (tokens/embeddings decay most; pyramid, neck,
-# transformer and heads get the full lr) and no weight decay on position embedding and tokens.
+# transformer and heads get the full lr), no weight decay on position embedding and tokens (norms
+# get none through detrex's weight_decay_norm=0.0).
 optimizer.lr = 1e-4
 optimizer.betas = (0.9, 0.999)
 optimizer.weight_decay = 1e-4
-optimizer.params.lr_factor_func = partial(lr_decay_rate, lr_decay_rate=0.7, num_layers=12)
-optimizer.params.overrides = no_weight_decay
+optimizer.params.lr_factor_func = layer_decay("vit_base")
+optimizer.params.overrides = {name: {"weight_decay": 0.0} for name in ("pos_embed", "cls_token", "reg_token")}
 
 # total batch size over all GPUs
 dataloader.train.total_batch_size = 16
