@@ -84,7 +84,11 @@ def _strip_blocks_chunks(sd: StateDict) -> StateDict:
 
 
 def hf_to_official(sd: StateDict) -> StateDict:
-    """Hugging Face ``Dinov2Model`` / ``Dinov2WithRegistersModel`` keys -> official DINOv2 keys."""
+    """Hugging Face ``Dinov2Model`` / ``Dinov2WithRegistersModel`` keys -> official DINOv2 keys.
+
+    Takes the on-disk names (hub files, ``save_pretrained``: ``attention.attention.query``,
+    ``mlp.weights_in``) and the in-memory names of transformers>=5 (``torch.save(model.state_dict())``:
+    ``attention.q_proj``, ``attention.o_proj``, ``mlp.gate_proj/up_proj/down_proj``)."""
     prefix = next(k for k in sd if k.endswith(HF_PATCH_KEY))[: -len(HF_PATCH_KEY)]
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     out: StateDict = {}
@@ -104,8 +108,12 @@ def hf_to_official(sd: StateDict) -> StateDict:
         ("layer_scale2.lambda1", "ls2.gamma"),
         ("mlp.weights_in.", "mlp.w12."),
         ("mlp.weights_out.", "mlp.w3."),
+        ("attention.o_proj.", "attn.proj."),  # transformers>=5 in-memory names
+        ("mlp.down_proj.", "mlp.w3."),
     ]
+    v5_qkv = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}
     qkv: Dict[str, Dict[str, torch.Tensor]] = {}
+    w12: Dict[str, Dict[str, torch.Tensor]] = {}
     for k, v in sd.items():
         if k in simple:
             out[simple[k]] = v
@@ -114,9 +122,13 @@ def hf_to_official(sd: StateDict) -> StateDict:
         if not m:
             continue  # pooler / classifier heads are not part of the backbone
         i, rest = m.groups()
-        qm = re.match(r"attention\.attention\.(query|key|value)\.(weight|bias)$", rest)
+        qm = re.match(r"attention\.(?:attention\.(query|key|value)|(q_proj|k_proj|v_proj))\.(weight|bias)$", rest)
         if qm:
-            qkv.setdefault(f"blocks.{i}.attn.qkv.{qm.group(2)}", {})[qm.group(1)] = v
+            qkv.setdefault(f"blocks.{i}.attn.qkv.{qm.group(3)}", {})[qm.group(1) or v5_qkv[qm.group(2)]] = v
+            continue
+        gm = re.match(r"mlp\.(gate_proj|up_proj)\.(weight|bias)$", rest)  # transformers>=5 SwiGLU halves
+        if gm:
+            w12.setdefault(f"blocks.{i}.mlp.w12.{gm.group(2)}", {})[gm.group(1)] = v
             continue
         for old, new in layer_renames:
             rest = rest.replace(old, new)
@@ -125,6 +137,10 @@ def hf_to_official(sd: StateDict) -> StateDict:
         if set(parts) != {"query", "key", "value"}:
             raise CheckpointError(f"Hugging Face checkpoint lacks part of {k}: has only {sorted(parts)}.")
         out[k] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    for k, parts in w12.items():
+        if set(parts) != {"gate_proj", "up_proj"}:
+            raise CheckpointError(f"Hugging Face checkpoint lacks part of {k}: has only {sorted(parts)}.")
+        out[k] = torch.cat([parts["gate_proj"], parts["up_proj"]], dim=0)  # w12 = [x1 (silu), x2]
     return out
 
 

@@ -82,7 +82,8 @@ def official_to_hf_model(sd: Dict[str, torch.Tensor], num_heads: int, img_size: 
     common = dict(
         hidden_size=D, num_hidden_layers=depth, num_attention_heads=num_heads, image_size=img_size,
         patch_size=sd["patch_embed.proj.weight"].shape[-1], layerscale_value=1.0,
-        use_swiglu_ffn=swiglu, mlp_ratio=hidden / D if not swiglu else 4, layer_norm_eps=1e-6,
+        # mlp_ratio must be an int: transformers>=5 validates the config field types.
+        use_swiglu_ffn=swiglu, mlp_ratio=hidden // D if not swiglu else 4, layer_norm_eps=1e-6,
     )
     if regs is not None:
         cfg = transformers.Dinov2WithRegistersConfig(num_register_tokens=regs.shape[1], **common)
@@ -109,8 +110,32 @@ def official_to_hf_model(sd: Dict[str, torch.Tensor], num_heads: int, img_size: 
         for old, new in renames:
             rest = rest.replace(old, new)
         hf[f"encoder.layer.{i}.{rest}"] = v
-    model.load_state_dict(hf, strict=True)
+    # The names above are the on-disk layout (hub files, save_pretrained). transformers>=5 renames
+    # modules in memory (attention.q_proj, mlp.gate_proj...) and converts on load: let from_pretrained
+    # do that conversion, strictly.
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as d:
+        model.config.save_pretrained(d)
+        save_file({k: v.contiguous() for k, v in hf.items()}, os.path.join(d, "model.safetensors"))
+        model, info = type(model).from_pretrained(d, output_loading_info=True)
+    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if bad:
+        raise RuntimeError(f"transformers did not take the converted weights: {bad}")
     return model.eval()
+
+
+def hf_saved_state_dict(model) -> Dict[str, torch.Tensor]:
+    """The tensors ``model.save_pretrained`` writes (the Hugging Face on-disk layout)."""
+    import tempfile
+
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        return load_file(os.path.join(d, "model.safetensors"))
 
 
 def write_random_checkpoint(
@@ -133,7 +158,7 @@ def write_random_checkpoint(
 
         out = official_to_timm(dict(sd))
     elif layout == "hf":
-        out = official_to_hf_model(sd, spec.num_heads).state_dict()
+        out = hf_saved_state_dict(official_to_hf_model(sd, spec.num_heads))
     else:
         raise ValueError(f"layout must be 'official', 'timm' or 'hf', got {layout!r}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
