@@ -167,8 +167,8 @@ def main(argv=None) -> dict:
         write_json(result, os.path.join(folder, "summary.json"))
         write_csv(stats, os.path.join(folder, "block_norms.csv"))
         write_csv(outliers, os.path.join(folder, "outliers.csv"), fields=("image", "block", "row", "col", "norm"))
-        label = model.label if model.label not in done else f"{model.label} [2]"
-        print_report(label, args, stats, outliers, sim, images)
+        label = model.short_label if model.short_label not in done else f"{model.short_label} [B]"
+        print_report(model.label, args, stats, outliers, sim, images)
         done[label] = dict(results=results, thresholds=thresholds, stats=stats, outliers=outliers, sim=sim,
                            patch=model.patch_size, summary=result)
         del model

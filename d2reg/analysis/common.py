@@ -102,8 +102,12 @@ class AnalysisModel:
 
     @property
     def label(self) -> str:
+        return f"{self.short_label[:-1]}, {self.spec.name}, patch {self.patch_size})"
+
+    @property
+    def short_label(self) -> str:
         name = os.path.basename(self.weights) if self.weights else "RANDOM INIT"
-        return f"{name} ({self.spec.name}, {self.num_register_tokens} reg, patch {self.patch_size})"
+        return f"{name} ({self.num_register_tokens} reg)"
 
     def grid(self, height: int, width: int) -> tuple:
         return -(-height // self.patch_size), -(-width // self.patch_size)

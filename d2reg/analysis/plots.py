@@ -116,7 +116,7 @@ def plot_norm_heatmaps(rgb: np.ndarray, maps: Dict[str, np.ndarray], blocks: Seq
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
             for i, j in np.argwhere(norms[b] > thresholds[label][b]):
                 ax.add_patch(_box(j * patch, i * patch, patch))
-            ax.set_title(f"{label[:28]}\nblock {b}: max {norms[b].max():.0f}", fontsize=7)
+            ax.set_title(f"{label[:34]}\nblock {b}: max {norms[b].max():.0f}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
