@@ -1,0 +1,40 @@
+"""A training sampler that can skip what a resumed run has already consumed."""
+from __future__ import annotations
+
+import itertools
+
+from detectron2.data import build_detection_train_loader
+from detectron2.data.build import _train_loader_from_config
+from detectron2.data.samplers import TrainingSampler
+
+__all__ = ["ResumableTrainingSampler", "build_resumable_train_loader"]
+
+
+class ResumableTrainingSampler(TrainingSampler):
+    """detectron2's ``TrainingSampler`` (same infinite, seeded, rank-sharded index stream) that
+    starts ``skip`` indices into this rank's stream. Set ``skip`` before the loader is iterated.
+
+    detectron2 restarts the stream from its beginning on ``--resume``, so a resumed run sees
+    other images than an uninterrupted one; skipping ``start_iter * images_per_rank`` indices gives
+    the same images (exactly so with ``DATALOADER.NUM_WORKERS 0`` and one aspect-ratio group).
+    Skipping costs no data loading: only indices are drawn.
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed=None, skip: int = 0):
+        super().__init__(size, shuffle=shuffle, seed=seed)
+        self.skip = skip
+
+    def __iter__(self):
+        yield from itertools.islice(super().__iter__(), self.skip, None)
+
+
+def build_resumable_train_loader(cfg, mapper=None):
+    """``build_detection_train_loader(cfg, mapper)`` with a :class:`ResumableTrainingSampler` when
+    ``DATALOADER.SAMPLER_TRAIN`` is "TrainingSampler". Returns (loader, sampler or None)."""
+    kwargs = _train_loader_from_config(cfg, mapper)
+    sampler = None
+    if type(kwargs["sampler"]) is TrainingSampler:
+        old = kwargs["sampler"]
+        sampler = ResumableTrainingSampler(old._size, shuffle=old._shuffle, seed=old._seed)
+        kwargs["sampler"] = sampler
+    return build_detection_train_loader(**kwargs), sampler

@@ -1,0 +1,84 @@
+"""LazyConfig training (``tools/lazyconfig_train_net.py``): detectron2's ``do_train`` / ``do_test``
+with the d2reg checkpointer, saved random states and the resumable sampler."""
+from __future__ import annotations
+
+import logging
+
+from detectron2.config import instantiate
+from detectron2.config.instantiate import locate
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from .checkpoint import D2RegCheckpointer, RNGState
+from .data import ResumableTrainingSampler
+
+__all__ = ["do_test", "do_train", "instantiate_train_loader"]
+
+logger = logging.getLogger("detectron2")
+
+
+def _prepare_datasets(names) -> None:
+    from ..data import prepare_synthetic_dataset
+
+    for name in [names] if isinstance(names, str) else list(names or []):
+        prepare_synthetic_dataset(name)
+
+
+def do_test(cfg, model):
+    """Evaluate ``model`` with ``cfg.dataloader.test`` / ``cfg.dataloader.evaluator``."""
+    if "evaluator" not in cfg.dataloader:
+        return None
+    _prepare_datasets(cfg.dataloader.test.get("dataset", {}).get("names"))
+    ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    print_csv_format(ret)
+    return ret
+
+
+def instantiate_train_loader(train_cfg):
+    """Instantiate ``cfg.dataloader.train``; for detectron2's ``build_detection_train_loader``
+    without an explicit sampler, with a :class:`ResumableTrainingSampler`. Returns (loader, sampler)."""
+    target = train_cfg._target_
+    target = locate(target) if isinstance(target, str) else target
+    if target is not build_detection_train_loader or train_cfg.get("sampler") is not None:
+        return instantiate(train_cfg), None
+    kwargs = {k: instantiate(train_cfg[k]) for k in train_cfg if k != "_target_"}
+    sampler = ResumableTrainingSampler(len(kwargs["dataset"]))
+    kwargs["sampler"] = sampler
+    return target(**kwargs), sampler
+
+
+def do_train(args, cfg):
+    """detectron2's lazyconfig ``do_train`` with ``D2RegCheckpointer`` (DINOv2 files as
+    ``train.init_checkpoint``) and exact ``--resume``. Returns the final evaluation, if any."""
+    model = instantiate(cfg.model)
+    logger.info("Model:\n%s", model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    train_loader, sampler = instantiate_train_loader(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    checkpointer = D2RegCheckpointer(model, cfg.train.output_dir, trainer=trainer, rng=RNGState())
+    results = {}
+
+    def test_and_save():
+        results["last"] = do_test(cfg, model)
+        return results["last"]
+
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        hooks.EvalHook(cfg.train.eval_period, test_and_save),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if comm.is_main_process() else None,
+    ])
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    if sampler is not None:
+        sampler.skip = start_iter * (cfg.dataloader.train.total_batch_size // comm.get_world_size())
+    trainer.train(start_iter, cfg.train.max_iter)
+    return results.get("last")

@@ -1,0 +1,117 @@
+"""YACS training: ``D2RegTrainer`` (detectron2's ``DefaultTrainer`` with d2reg's optimizer,
+checkpointer, evaluators and exact resume) and the config set-up used by ``tools/train_net.py``."""
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_d2reg_config
+from .checkpoint import D2RegCheckpointer, RNGState
+from .data import build_resumable_train_loader
+from .optimizer import build_optimizer
+
+__all__ = ["D2RegTrainer", "add_d2reg_train_config", "build_evaluator", "setup_cfg"]
+
+
+def add_d2reg_train_config(cfg: CfgNode) -> CfgNode:
+    """Add the training keys detectron2's defaults lack, in place (and ``MODEL.D2REG`` if missing):
+    ``SOLVER.OPTIMIZER`` ("SGD", detectron2's behaviour, or "ADAMW") and ``SOLVER.BETAS``."""
+    if "D2REG" not in cfg.MODEL:
+        add_d2reg_config(cfg)
+    if "OPTIMIZER" not in cfg.SOLVER:
+        cfg.SOLVER.OPTIMIZER = "SGD"
+    if "BETAS" not in cfg.SOLVER:
+        cfg.SOLVER.BETAS = (0.9, 0.999)
+    return cfg
+
+
+def setup_cfg(args) -> CfgNode:
+    """detectron2 config + d2reg keys, merged with ``args.config_file`` and ``args.opts``, frozen;
+    then ``default_setup`` (logging, seeding, config dump into OUTPUT_DIR)."""
+    cfg = get_cfg()
+    add_d2reg_train_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("MODEL.DEVICE %s but no CUDA device: running on the CPU.", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        logging.getLogger(__name__).warning("SOLVER.AMP.ENABLED needs a GPU: training in fp32 on the CPU.")
+        cfg.SOLVER.AMP.ENABLED = False
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder=None):
+    """Evaluator by the data set's ``evaluator_type``: "coco" -> ``COCOEvaluator`` (pure-Python
+    pycocotools, ``use_fast_impl=False``: the fast one needs detectron2's compiled ``_C``),
+    "sem_seg" -> ``SemSegEvaluator``. Generates the synthetic data set first if needed."""
+    from ..data import prepare_synthetic_dataset
+
+    prepare_synthetic_dataset(dataset_name)
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "coco":
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+    if evaluator_type == "sem_seg":
+        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+    raise NotImplementedError(f"no evaluator for data set {dataset_name!r} (evaluator_type {evaluator_type!r}).")
+
+
+class D2RegTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with:
+
+    - :func:`d2reg.engine.build_optimizer` (SGD/AdamW, layer-wise lr decay ``MODEL.D2REG.LR_DECAY``,
+      gradient clipping);
+    - :class:`D2RegCheckpointer` (DINOv2 files as ``MODEL.WEIGHTS``; a file matching nothing is an
+      error) saving random states too, and a training sampler that skips what a resumed run has
+      already seen, so ``--resume`` gives the weights of an uninterrupted run;
+    - COCO / sem-seg evaluators by ``evaluator_type``; ``train()`` returns the last evaluation.
+    """
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)  # DefaultTrainer.__init__ with the d2reg checkpointer and sampler
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader, self._train_sampler = build_resumable_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = D2RegCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), rng=RNGState(),
+            patch_resize=cfg.MODEL.D2REG.PATCH_RESIZE,
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume: bool = True):
+        super().resume_or_load(resume=resume)
+        if self._train_sampler is not None:
+            self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+
+    def train(self):
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
