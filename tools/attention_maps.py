@@ -20,7 +20,7 @@ import numpy as np
 from tabulate import tabulate
 from tqdm import tqdm
 
-from d2reg.analysis import attention_maps, common_parser, load_images, load_models, output_dir
+from d2reg.analysis import attention_maps, common_parser, load_images, load_model_from_args, output_dir
 from d2reg.analysis.plots import plot_attention, plot_attention_heads
 
 
@@ -36,7 +36,7 @@ def main(argv=None) -> list:
     args = build_parser().parse_args(argv)
     out = output_dir(args, "attention_maps")
     images = load_images(args.inputs, args.resize, args.max_images)
-    model = load_models(args)
+    model = load_model_from_args(args)
     block = args.block % model.depth
     print(f"{len(images)} image(s); model {model.label}; attention of block {block}; output: {out}")
     names = ["CLS"] + [f"reg{i}" for i in range(model.num_register_tokens)]

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from d2reg.analysis import block_features, common_parser, load_images, load_models, output_dir, pca_rgb
+from d2reg.analysis import block_features, common_parser, load_images, load_model_from_args, output_dir, pca_rgb
 from d2reg.analysis.plots import plot_pca
 
 
@@ -39,7 +39,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     out = output_dir(args, "pca_features")
     images = load_images(args.inputs, args.resize, args.max_images)
-    model = load_models(args, final_norm=args.post_norm)
+    model = load_model_from_args(args, final_norm=args.post_norm)
     block = args.block % model.depth
     print(f"{len(images)} image(s); model {model.label}; block {block} "
           f"({'post' if args.post_norm else 'pre'}-final-norm); output: {out}")

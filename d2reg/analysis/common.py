@@ -36,7 +36,7 @@ __all__ = [
     "common_parser",
     "load_images",
     "load_model",
-    "load_models",
+    "load_model_from_args",
     "output_dir",
     "peek_checkpoint",
     "to_tensor",
@@ -180,7 +180,7 @@ def load_model(
     return AnalysisModel(vit, spec, patch_size, registers, weights, net.checkpoint_info or info, dev)
 
 
-def load_models(args: argparse.Namespace, final_norm: bool = False) -> AnalysisModel:
+def load_model_from_args(args: argparse.Namespace, final_norm: bool = False) -> AnalysisModel:
     """:func:`load_model` from the shared command-line arguments."""
     return load_model(
         args.weights, args.arch, args.registers, args.patch_size, args.patch_resize, final_norm, args.device,
