@@ -85,7 +85,8 @@ class DINOv2Backbone(Backbone):
         )
         self._take = _normalize_indices(out_indices, spec.depth)
         # Prune before loading: blocks after the last used one, the head and the unused final norm.
-        self.vit.prune_intermediate_layers(max(self._take) + 1, prune_norm=not final_norm, prune_head=True)
+        # (indices as a list: an int means "the last n blocks" to timm and would prune nothing)
+        self.vit.prune_intermediate_layers(list(self._take), prune_norm=not final_norm, prune_head=True)
         self.vit.set_grad_checkpointing(use_act_checkpoint)
         if window_size:
             from .window import enable_window_attention
