@@ -85,6 +85,8 @@ def test_common_backbone_is_vit_base_reg_pyramid():
     net = cfg.net
     assert (net.arch, net.num_register_tokens, net.patch_size) == ("vit_base", 4, 16)
     assert tuple(cfg.scale_factors) == (2.0, 1.0, 0.5) and cfg.in_feature == "last_feat"
+    # the README's command-line switch to no pretrained weights (hydra syntax: null, not None)
+    assert LazyConfig.apply_overrides(cfg, ["net.weights=null"]).net.weights is None
     # the real ViT-B layout, built on the meta device (no memory, no weights file)
     shapes = backbone_output_shape(cfg)
     assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
