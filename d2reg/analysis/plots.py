@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "plot_attention",
@@ -95,6 +96,7 @@ def plot_norm_by_block(stats: Dict[str, List[dict]], path: str, title: str = "")
         ax.plot(x, [r["max"] for r in rows], color=color, ls="--", label="max")
         ax.plot(x, [r["threshold"] for r in rows], color="k", lw=0.6, alpha=0.5)
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("block")
     ax.set_ylabel("patch-token L2 norm")
     ax.legend(fontsize=6)
