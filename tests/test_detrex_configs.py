@@ -344,6 +344,7 @@ def test_load_detrex_config_explains_missing_checkout(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DETREX_ROOT", raising=False)
+    monkeypatch.setitem(sys.modules, "detrex", None)  # as if not installed, even where it is
     with pytest.raises(FileNotFoundError, match="detrex checkout"):
         load_detrex_config("projects/dino/configs/models/dino_r50.py")
 
