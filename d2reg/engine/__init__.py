@@ -3,7 +3,7 @@ from .checkpoint import D2RegCheckpointer, RNGState, convert_for_backbone, find_
 from .data import ResumableTrainingSampler, build_resumable_train_loader
 from .lazy import do_test, do_train, instantiate_train_loader
 from .optimizer import build_optimizer, get_d2reg_optimizer_params
-from .trainer import D2RegTrainer, add_d2reg_train_config, build_evaluator, setup_cfg
+from .trainer import D2RegTrainer, add_d2reg_train_config, build_evaluator, load_sem_seg_gt, setup_cfg
 
 __all__ = [
     "D2RegCheckpointer",
@@ -20,5 +20,6 @@ __all__ = [
     "find_dinov2_backbone",
     "get_d2reg_optimizer_params",
     "instantiate_train_loader",
+    "load_sem_seg_gt",
     "setup_cfg",
 ]

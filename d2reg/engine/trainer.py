@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import weakref
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
@@ -12,14 +13,16 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, Trainer
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
+from PIL import Image
 
 from ..config import add_d2reg_config
 from .checkpoint import D2RegCheckpointer, RNGState
 from .data import build_resumable_train_loader
 from .optimizer import build_optimizer
 
-__all__ = ["D2RegTrainer", "add_d2reg_train_config", "build_evaluator", "setup_cfg"]
+__all__ = ["D2RegTrainer", "add_d2reg_train_config", "build_evaluator", "load_sem_seg_gt", "setup_cfg"]
 
 
 def add_d2reg_train_config(cfg: CfgNode) -> CfgNode:
@@ -52,6 +55,13 @@ def setup_cfg(args) -> CfgNode:
     return cfg
 
 
+def load_sem_seg_gt(filename: str, dtype=int) -> np.ndarray:
+    """Ground-truth PNG -> array, for ``SemSegEvaluator(sem_seg_loading_fn=...)``. detectron2's default
+    loader calls ``np.array(..., copy=False)``, which NumPy >= 2 rejects for PIL images."""
+    with PathManager.open(filename, "rb") as f:
+        return np.asarray(Image.open(f), dtype=dtype)
+
+
 def build_evaluator(cfg, dataset_name: str, output_folder=None):
     """Evaluator by the data set's ``evaluator_type``: "coco" -> ``COCOEvaluator`` (pure-Python
     pycocotools, ``use_fast_impl=False``: the fast one needs detectron2's compiled ``_C``),
@@ -63,7 +73,9 @@ def build_evaluator(cfg, dataset_name: str, output_folder=None):
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
     if evaluator_type == "sem_seg":
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        return SemSegEvaluator(
+            dataset_name, distributed=True, output_dir=output_folder, sem_seg_loading_fn=load_sem_seg_gt
+        )
     raise NotImplementedError(f"no evaluator for data set {dataset_name!r} (evaluator_type {evaluator_type!r}).")
 
 

@@ -1,0 +1,108 @@
+"""LazyConfig twin of mask_rcnn_vit_tiny_synth.yaml (for tools/lazyconfig_train_net.py): a tiny
+ViT-reg (192-dim, 4 blocks, 3 heads, 4 registers, patch 16) + simple feature pyramid (64 channels)
++ slim Mask R-CNN (detectron2's model_zoo ``mask_rcnn_fpn`` with smaller heads), trained from
+scratch on the synthetic shapes (``d2reg_synth_train``, 160-px images) on a CPU.
+
+    python tools/lazyconfig_train_net.py --config-file configs/demo/mask_rcnn_vit_tiny_synth.py \
+        train.output_dir=output/demo_lazy train.max_iter=10
+"""
+import detectron2.data.transforms as T
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.evaluation import COCOEvaluator
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler
+from omegaconf import OmegaConf
+
+import d2reg.data  # noqa: F401  (registers d2reg_synth_*)
+from d2reg import DINOv2Backbone, SimpleFeaturePyramid
+from d2reg.engine import get_d2reg_optimizer_params
+
+C = 64  # pyramid channels
+SIZE = 160
+
+model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
+model.pixel_mean = [123.675, 116.28, 103.53]
+model.pixel_std = [58.395, 57.12, 57.375]
+model.input_format = "RGB"
+model.backbone = L(SimpleFeaturePyramid)(
+    net=L(DINOv2Backbone)(
+        arch="vit_small", embed_dim=192, depth=4, num_heads=3, num_register_tokens=4, patch_size=16, weights=None
+    ),
+    in_feature="last_feat",
+    out_channels=C,
+    scale_factors=(4.0, 2.0, 1.0, 0.5),
+    top_block=L(LastLevelMaxPool)(),
+    norm="LN",
+)
+rpn = model.proposal_generator
+rpn.head.in_channels = C
+rpn.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
+rpn.batch_size_per_image = 128
+rpn.pre_nms_topk = (1000, 500)
+rpn.post_nms_topk = (256, 100)
+roi = model.roi_heads
+roi.num_classes = 3
+roi.batch_size_per_image = 64
+roi.box_pooler.sampling_ratio = 1
+roi.box_head.input_shape = ShapeSpec(channels=C, height=7, width=7)
+roi.box_head.fc_dims = [256, 256]
+roi.box_predictor.input_shape = ShapeSpec(channels=256)
+roi.box_predictor.test_topk_per_image = 50
+roi.mask_pooler.sampling_ratio = 1
+roi.mask_head.input_shape = ShapeSpec(channels=C, width=14, height=14)
+roi.mask_head.conv_dims = [C, C]
+
+dataloader = OmegaConf.create()
+dataloader.train = L(build_detection_train_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="d2reg_synth_train"),
+    mapper=L(DatasetMapper)(
+        is_train=True,
+        augmentations=[
+            L(T.ResizeShortestEdge)(short_edge_length=SIZE, max_size=SIZE),
+            L(T.RandomFlip)(horizontal=True),
+        ],
+        image_format="RGB",
+        use_instance_mask=True,
+    ),
+    total_batch_size=8,
+    num_workers=1,
+)
+dataloader.test = L(build_detection_test_loader)(
+    dataset=L(get_detection_dataset_dicts)(names="d2reg_synth_val", filter_empty=False),
+    mapper=L(DatasetMapper)(
+        is_train=False,
+        augmentations=[L(T.ResizeShortestEdge)(short_edge_length=SIZE, max_size=SIZE)],
+        image_format="RGB",
+    ),
+    num_workers=1,
+)
+dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False)
+
+train = model_zoo.get_config("common/train.py").train
+train.init_checkpoint = ""  # or an official / timm / HF DINOv2 file with embed_dim 192 (D2RegCheckpointer)
+train.output_dir = "output/demo_instance_lazy"
+train.max_iter = 300
+train.eval_period = 0  # evaluate once, at the end
+train.checkpointer.period = 100000
+train.device = "cpu"
+
+optimizer = model_zoo.get_config("common/optim.py").AdamW
+optimizer.lr = 4e-4
+optimizer.weight_decay = 0.05
+optimizer.params._target_ = get_d2reg_optimizer_params  # layer decay (lr_decay=1.0: off for random init)
+optimizer.params.base_lr = "${..lr}"
+optimizer.params.lr_decay = 1.0
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
+    warmup_length=30 / train.max_iter,
+    warmup_factor=0.01,
+)
