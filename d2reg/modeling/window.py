@@ -50,8 +50,9 @@ __all__ = ["WindowedAttention", "default_window_block_indexes", "enable_window_a
 
 def default_window_block_indexes(depth: int, num_global: int = 4) -> List[int]:
     """ViTDet's recipe: ``num_global`` evenly spaced global blocks ending with the last one (2, 5, 8,
-    11 for depth 12; 5, 11, 17, 23 for 24; 9, 19, 29, 39 for 40); returns the WINDOWED blocks."""
-    num_global = max(1, min(num_global, depth))
+    11 for depth 12; 5, 11, 17, 23 for 24; 9, 19, 29, 39 for 40; half the blocks for shallower models
+    than ``2 * num_global``); returns the WINDOWED blocks."""
+    num_global = max(1, min(num_global, depth // 2))
     global_blocks = {(i + 1) * depth // num_global - 1 for i in range(num_global)}
     return [i for i in range(depth) if i not in global_blocks]
 
