@@ -54,7 +54,7 @@ def tiny_backbone_cfg(scale_factors=None):
     return cfg
 
 
-def neck_inputs(backbone_cfg) -> dict:
+def neck_inputs(backbone_cfg):
     """neck.input_shapes / in_features as match_neck_to_backbone derives them on a DINO-like config."""
     model = OmegaConf.create({"backbone": backbone_cfg, "neck": {}, "transformer": {}})
     match_neck_to_backbone(model)
