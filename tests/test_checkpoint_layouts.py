@@ -51,6 +51,19 @@ def test_official_layout_matches_official_forward(write_ckpt, arch, regs):
             _assert_close(model(img)["last_feat"], official_patch_tokens(sd, img, num_heads=2))
 
 
+@pytest.mark.parametrize("regs", [4, 0], ids=["reg4", "register_free"])
+def test_official_layout_at_real_sizes(write_ckpt, regs):
+    """The issue's sizes: a 37x37 position grid (518 px), run at 518x518 and at 448x644 (32x46)."""
+    path, sd = write_ckpt("official518.pth", num_register_tokens=regs, img_size=518)
+    model = DINOv2Backbone(num_register_tokens=regs, patch_size=14, weights=path, embed_dim=32, depth=2,
+                           num_heads=2, pretrain_img_size=518).eval()
+    assert model.checkpoint_info.pos_grid == 37
+    with torch.no_grad():
+        for h, w in [(518, 518), (448, 644)]:
+            img = _img(h, w, batch=1)
+            _assert_close(model(img)["last_feat"], official_patch_tokens(sd, img, num_heads=2))
+
+
 @pytest.mark.parametrize("arch,regs", [("vit_small", 4), ("vit_giant2", 0)], ids=["reg4", "swiglu_register_free"])
 def test_official_layout_final_norm(write_ckpt, arch, regs):
     path, sd = write_ckpt("official.pth", arch=arch, num_register_tokens=regs)
