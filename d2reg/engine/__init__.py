@@ -1,5 +1,5 @@
 """Training helpers behind ``tools/train_net.py`` and ``tools/lazyconfig_train_net.py``."""
-from .checkpoint import D2RegCheckpointer, RNGState, convert_for_backbone, find_dinov2_backbone
+from .checkpoint import D2RegCheckpointer, RNGState, convert_for_backbone, convert_to_detectron2, find_dinov2_backbone
 from .data import ResumableTrainingSampler, build_resumable_train_loader
 from .lazy import do_test, do_train, instantiate_train_loader
 from .optimizer import build_optimizer, get_d2reg_optimizer_params
@@ -15,6 +15,7 @@ __all__ = [
     "build_optimizer",
     "build_resumable_train_loader",
     "convert_for_backbone",
+    "convert_to_detectron2",
     "do_test",
     "do_train",
     "find_dinov2_backbone",

@@ -24,7 +24,7 @@ from ..checkpoint.formats import D2_PREFIX, unwrap_state_dict
 from ..modeling.backbone import DINOv2Backbone, _is_pruned_key, _short
 from ..modeling.vit import resize_patch_embed_weight
 
-__all__ = ["D2RegCheckpointer", "RNGState", "convert_for_backbone", "find_dinov2_backbone"]
+__all__ = ["D2RegCheckpointer", "RNGState", "convert_for_backbone", "convert_to_detectron2", "find_dinov2_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,3 +165,33 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def convert_to_detectron2(
+    path: str,
+    patch_size: int = 16,
+    patch_resize: str = "pi",
+    pretrain_img_size: int = 518,
+    final_norm: bool = False,
+    prefix: str = D2_PREFIX,
+) -> Dict[str, object]:
+    """A DINOv2 checkpoint in any layout d2reg reads -> ``{"model": {prefix + timm key: tensor}}`` for
+    a :class:`DINOv2Backbone` at ``patch_size`` (all blocks kept; the final norm only with
+    ``final_norm``), loadable by detectron2's stock ``DetectionCheckpointer`` (``MODEL.WEIGHTS`` /
+    ``train.init_checkpoint``) into a d2reg model built with the same settings."""
+    from ..checkpoint import load_dinov2_checkpoint
+
+    sd, info = load_dinov2_checkpoint(path)
+    with torch.device("meta"):  # shapes only
+        backbone = DINOv2Backbone(
+            arch="vit_giant2" if info.swiglu else (info.arch or "vit_small"),
+            embed_dim=info.embed_dim, depth=info.depth, num_heads=max(1, info.embed_dim // 64),
+            num_register_tokens=info.num_register_tokens, patch_size=patch_size,
+            pretrain_img_size=pretrain_img_size, final_norm=final_norm,
+        )
+    converted = convert_for_backbone(sd, info, backbone, patch_resize)
+    return {
+        "model": {prefix + k: v.contiguous() for k, v in converted.items()},
+        "__author__": f"d2reg convert_checkpoint ({info.format} layout, patch {info.patch_size} -> {patch_size})",
+        "matching_heuristics": False,
+    }

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import itertools
 
+import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
 
-__all__ = ["ResumableTrainingSampler", "build_resumable_train_loader"]
+__all__ = ["ResumableTrainingSampler", "build_resumable_train_loader", "resumed_data_iterator"]
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -38,3 +39,29 @@ def build_resumable_train_loader(cfg, mapper=None):
         sampler = ResumableTrainingSampler(old._size, shuffle=old._shuffle, seed=old._seed)
         kwargs["sampler"] = sampler
     return build_detection_train_loader(**kwargs), sampler
+
+
+class _KeepTorchRNGOnFirstNext:
+    def __init__(self, it):
+        self._it, self._first = it, True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self._first:
+            return next(self._it)
+        self._first = False
+        state = torch.get_rng_state()
+        try:
+            return next(self._it)
+        finally:
+            torch.set_rng_state(state)
+
+
+def resumed_data_iterator(data_loader):
+    """``iter(data_loader)`` for a resumed run: its first ``next`` leaves torch's random state as it
+    was. Starting detectron2's loader draws one torch seed (``torch.utils.data.DataLoader`` iterator),
+    which the uninterrupted run drew at iteration 0, before the checkpoint; the data mapping itself
+    draws from NumPy, not torch."""
+    return _KeepTorchRNGOnFirstNext(iter(data_loader))

@@ -13,7 +13,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from .checkpoint import D2RegCheckpointer, RNGState
-from .data import ResumableTrainingSampler
+from .data import ResumableTrainingSampler, resumed_data_iterator
 
 __all__ = ["do_test", "do_train", "instantiate_train_loader"]
 
@@ -78,7 +78,9 @@ def do_train(args, cfg):
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
-    if sampler is not None:
-        sampler.skip = start_iter * (cfg.dataloader.train.total_batch_size // comm.get_world_size())
+    if start_iter > 0:
+        if sampler is not None:
+            sampler.skip = start_iter * (cfg.dataloader.train.total_batch_size // comm.get_world_size())
+        trainer._data_loader_iter_obj = resumed_data_iterator(trainer.data_loader)
     trainer.train(start_iter, cfg.train.max_iter)
     return results.get("last")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..config import add_d2reg_config
 from .checkpoint import D2RegCheckpointer, RNGState
-from .data import build_resumable_train_loader
+from .data import build_resumable_train_loader, resumed_data_iterator
 from .optimizer import build_optimizer
 
 __all__ = ["D2RegTrainer", "add_d2reg_train_config", "build_evaluator", "load_sem_seg_gt", "setup_cfg"]
@@ -102,8 +102,9 @@ class D2RegTrainer(DefaultTrainer):
         model = create_ddp_model(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self._rng = RNGState()
         self.checkpointer = D2RegCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), rng=RNGState(),
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), rng=self._rng,
             patch_resize=cfg.MODEL.D2REG.PATCH_RESIZE,
         )
         self.start_iter = 0
@@ -113,8 +114,10 @@ class D2RegTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume=resume)
-        if self._train_sampler is not None:
-            self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        if self.start_iter > 0:
+            if self._train_sampler is not None:
+                self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+            self._trainer._data_loader_iter_obj = resumed_data_iterator(self._trainer.data_loader)
 
     def train(self):
         super().train()

@@ -1,0 +1,191 @@
+"""tools/train_net.py, tools/lazyconfig_train_net.py and tools/convert_checkpoint.py for real:
+train -> checkpoint -> resume -> evaluate with detectron2's trainer, checkpointer and evaluators on
+the synthetic data set (tiny model, a few iterations, CPU), and the checkpointer trap."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import pytest
+import torch
+from _tools import DEMO, TINY_DATA, TINY_INSTANCE, TINY_SEM_SEG, load_tool, parse
+
+from d2reg import CheckpointError, DINOv2Backbone
+
+
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory):
+    """The synthetic data sets re-registered as 8 train / 4 val images of 64 px in a tmp cache."""
+    import d2reg.data as data
+
+    root = str(tmp_path_factory.mktemp("synth"))
+    yield data.register_synthetic_datasets(root, **TINY_DATA)
+    data.register_synthetic_datasets()  # back to the defaults for other tests
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
+
+
+def _assert_same_results(a, b):
+    assert a.keys() == b.keys()
+    for task in a:
+        assert a[task].keys() == b[task].keys()
+        for k, v in a[task].items():
+            assert v == b[task][k] or (math.isnan(v) and math.isnan(b[task][k])), (task, k, v, b[task][k])
+
+
+def _resume_cycle(tool, config, opts, out, results_key):
+    """Uninterrupted 4 iterations (checkpoints after 2 and 4) vs. a fresh process state resumed
+    from the 2-iteration checkpoint; then --eval-only on the final weights."""
+    full, resumed = out / "full", out / "resumed"
+    res_full = tool.main(parse(tool, config, *opts, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+                               "OUTPUT_DIR", str(full)))
+    assert os.path.isfile(full / "model_0000001.pth") and os.path.isfile(full / "model_final.pth")
+    os.makedirs(resumed)
+    shutil.copy(full / "model_0000001.pth", resumed / "model_0000001.pth")
+    (resumed / "last_checkpoint").write_text("model_0000001.pth")
+    res_resumed = tool.main(parse(tool, config, *opts, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+                                  "OUTPUT_DIR", str(resumed), flags=("--resume",)))
+    log = (resumed / "log.txt").read_text()
+    assert "Starting training from iteration 2" in log
+    assert not os.path.exists(resumed / "model_0000000.pth")  # iterations 0-1 were not re-run
+    _assert_same_weights(_weights(full / "model_final.pth"), _weights(resumed / "model_final.pth"))
+    res_eval = tool.main(parse(tool, config, *opts, "MODEL.WEIGHTS", str(full / "model_final.pth"),
+                               "OUTPUT_DIR", str(out / "eval"), flags=("--eval-only",)))
+    for res in (res_full, res_resumed, res_eval):
+        for key in results_key:
+            assert key in res and all(math.isfinite(v) or math.isnan(v) for v in res[key].values())
+    _assert_same_results(res_eval, res_full)  # same weights, same evaluator: same numbers
+    return res_full
+
+
+def test_train_resume_eval_instance(tiny_synth, tmp_path):
+    tool = load_tool("train_net")
+    res = _resume_cycle(tool, "mask_rcnn_vit_tiny_synth.yaml", TINY_INSTANCE, tmp_path, ("bbox", "segm"))
+    assert 0.0 <= res["bbox"]["AP"] <= 100.0
+
+
+def test_train_resume_eval_sem_seg(tiny_synth, tmp_path):
+    tool = load_tool("train_net")
+    res = _resume_cycle(tool, "sem_fpn_vit_tiny_synth.yaml", TINY_SEM_SEG, tmp_path, ("sem_seg",))
+    assert 0.0 <= res["sem_seg"]["mIoU"] <= 100.0
+
+
+LAZY_TINY = [
+    "model.backbone.net.embed_dim=64", "model.backbone.net.depth=2", "model.backbone.net.num_heads=2",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=64",
+    "dataloader.train.mapper.augmentations.0.max_size=64",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+    "dataloader.test.mapper.augmentations.0.max_size=64",
+    "model.roi_heads.batch_size_per_image=16", "model.proposal_generator.batch_size_per_image=32",
+    "train.seed=7", "train.max_iter=4", "train.checkpointer.period=2",
+]
+
+
+def test_lazy_train_resume_eval_instance(tiny_synth, tmp_path):
+    tool = load_tool("lazyconfig_train_net")
+    cfg = "mask_rcnn_vit_tiny_synth.py"
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    res_full = tool.main(parse(tool, cfg, *LAZY_TINY, f"train.output_dir={full}"))
+    os.makedirs(resumed)
+    shutil.copy(full / "model_0000001.pth", resumed / "model_0000001.pth")
+    (resumed / "last_checkpoint").write_text("model_0000001.pth")
+    tool.main(parse(tool, cfg, *LAZY_TINY, f"train.output_dir={resumed}", flags=("--resume",)))
+    _assert_same_weights(_weights(full / "model_final.pth"), _weights(resumed / "model_final.pth"))
+    res_eval = tool.main(parse(tool, cfg, *LAZY_TINY, f"train.output_dir={tmp_path / 'eval'}",
+                               f"train.init_checkpoint={full / 'model_final.pth'}", flags=("--eval-only",)))
+    assert "bbox" in res_eval and "segm" in res_eval
+    _assert_same_results(res_eval, res_full)
+
+
+# ------------------------------------------------------------------------------ the checkpointer trap
+def _tiny_model(*opts):
+    from detectron2.engine import default_argument_parser
+
+    from d2reg.engine import D2RegTrainer, setup_cfg
+
+    config = os.path.join(DEMO, "mask_rcnn_vit_tiny_synth.yaml")
+    args = default_argument_parser().parse_args(["--config-file", config, *TINY_INSTANCE, *opts])
+    cfg = setup_cfg(args)
+    return cfg, D2RegTrainer.build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    "layout,name", [("official", "vit.pth"), ("timm", "vit.safetensors"), ("hf", "model.safetensors")]
+)
+def test_dinov2_file_as_model_weights_loads_backbone(write_ckpt, tmp_path, layout, name):
+    """detectron2's own checkpointer would match no key here and train from random init."""
+    from d2reg.engine import D2RegCheckpointer
+
+    path, _ = write_ckpt(name, layout, embed_dim=64, depth=3, num_heads=2)
+    _, model = _tiny_model("OUTPUT_DIR", str(tmp_path / "out"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    D2RegCheckpointer(model).load(path)
+    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=path).vit.state_dict()
+    got = model.backbone.net.vit.state_dict()
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    heads = [k for k in before if not k.startswith("backbone.net.vit.")]
+    assert heads and all(torch.equal(before[k], model.state_dict()[k]) for k in heads)  # heads untouched
+
+
+def test_dinov2_file_through_train_net(write_ckpt, tiny_synth, tmp_path):
+    """MODEL.WEIGHTS = an official DINOv2 file in the real tool: trains from those weights."""
+    path, _ = write_ckpt("dinov2_official.pth", "official", embed_dim=64, depth=2, num_heads=2)
+    from d2reg.engine import D2RegTrainer
+
+    cfg, _ = _tiny_model("MODEL.WEIGHTS", path, "OUTPUT_DIR", str(tmp_path / "o"), "SOLVER.MAX_ITER", "1")
+    trainer = D2RegTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=path).vit.state_dict()
+    got = trainer.model.backbone.net.vit.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_unrelated_weights_file_is_an_error(tmp_path):
+    import torchvision
+
+    from d2reg.engine import D2RegCheckpointer
+
+    _, model = _tiny_model("OUTPUT_DIR", str(tmp_path / "out"))
+    path = str(tmp_path / "resnet18.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(CheckpointError, match="matches none"):
+        D2RegCheckpointer(model).load(path)
+    path2 = str(tmp_path / "d2_other.pth")
+    torch.save({"model": {"roi_heads.foo.weight": torch.zeros(3)}}, path2)
+    with pytest.raises(CheckpointError, match="matches none"):
+        D2RegCheckpointer(model).load(path2)
+
+
+def test_wrong_size_dinov2_file_is_an_error(write_ckpt, tmp_path):
+    from d2reg.engine import D2RegCheckpointer
+
+    path, _ = write_ckpt("vit32.pth", "official", embed_dim=32, depth=2, num_heads=2)
+    _, model = _tiny_model("OUTPUT_DIR", str(tmp_path / "out"))
+    with pytest.raises(CheckpointError, match="embed_dim"):
+        D2RegCheckpointer(model).load(path)
+
+
+def test_convert_checkpoint_for_stock_detectron2(write_ckpt, tmp_path):
+    """tools/convert_checkpoint.py output loads with detectron2's own DetectionCheckpointer."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    src, _ = write_ckpt("hf.safetensors", "hf", embed_dim=64, depth=2, num_heads=2)
+    out = str(tmp_path / "d2.pth")
+    load_tool("convert_checkpoint").main([src, out, "--patch-size", "16"])
+    _, model = _tiny_model("OUTPUT_DIR", str(tmp_path / "out"))
+    DetectionCheckpointer(model).load(out)
+    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=src).vit.state_dict()
+    got = model.backbone.net.vit.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
