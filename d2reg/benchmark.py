@@ -145,6 +145,28 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: Op
     return 2 * n ** 3 / statistics.median(times)
 
 
+def kernel_flops(batch: int, tokens: int, dim: int, heads: int, device: torch.device, dtype: str = "fp32",
+                 repeats: int = 3) -> Dict[str, float]:
+    """FLOP/s of the two kernels a ViT forward is made of, at the model's shapes: the attention
+    (``F.scaled_dot_product_attention`` on (B, heads, N, d)) and the MLP's first linear layer
+    ((B*N, C) x (C, 4C)). Explains where the achieved FLOP/s stands against the matmul ceiling."""
+    import torch.nn.functional as F
+
+    hd = dim // heads
+    q, k, v = (torch.randn(batch, heads, tokens, hd, device=device) for _ in range(3))
+    x = torch.randn(batch * tokens, dim, device=device)
+    w = torch.randn(4 * dim, dim, device=device)
+    b = torch.randn(4 * dim, device=device)
+    fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v), "linear": lambda: F.linear(x, w, b)}
+    flops = {"sdpa": 4 * batch * heads * tokens * tokens * hd, "linear": 2 * batch * tokens * dim * 4 * dim}
+    out = {}
+    with torch.inference_mode(), _autocast(device, dtype):
+        times = time_interleaved(fns, device, warmup=1, repeats=repeats)
+    for name, ts in times.items():
+        out[f"{name}_flops"] = flops[name] / statistics.median(ts)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- memory
 class _CpuPeak:
     """Peak RSS above the current RSS, through Linux's resettable high-water mark (``VmHWM``)."""
@@ -212,8 +234,8 @@ class Case:
     patch: int
     build: Callable[[], nn.Module]
     call: Optional[Callable[[nn.Module, torch.Tensor], object]] = None  # None: module(x)
-    step: bool = True  # has a training step
-    forward: bool = True  # has a forward-only measurement
+    step: bool = True  # measure the training step (run_benchmark: if named in step_cases)
+    forward: bool = True  # measure the forward (run_benchmark: if named in cases)
     module: Optional[nn.Module] = field(default=None, repr=False)
 
     def run(self, module: nn.Module, x: torch.Tensor):
@@ -275,10 +297,10 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
 
     table = {
         "d2reg": lambda: Case("d2reg", s16, 16, backbone()),
-        "d2reg+sfp": lambda: Case("d2reg+sfp", s16, 16, pyramid, step=False),
-        "timm": lambda: Case("timm", s16, 16, bare_timm, call=lambda m, x: m.forward_features(x), step=False),
-        "d2reg-p14": lambda: Case("d2reg-p14", s14, 14, backbone(patch_size=14), step=False),
-        "hf": lambda: Case("hf", s16, 16, hf, step=False),
+        "d2reg+sfp": lambda: Case("d2reg+sfp", s16, 16, pyramid),
+        "timm": lambda: Case("timm", s16, 16, bare_timm, call=lambda m, x: m.forward_features(x)),
+        "d2reg-p14": lambda: Case("d2reg-p14", s14, 14, backbone(patch_size=14)),
+        "hf": lambda: Case("hf", s16, 16, hf),
         "d2reg-ckpt": lambda: Case("d2reg-ckpt", s16, 16, backbone(use_act_checkpoint=True), forward=False),
         "d2reg-win": lambda: Case("d2reg-win", s16, 16, backbone(
             window_size=WINDOW_SIZE, window_block_indexes=default_window_block_indexes(spec.depth))),
@@ -402,10 +424,14 @@ def run_benchmark(
     rows: List[dict] = []
     pending_memory = []
     for size in sizes:
-        size_cases = make_cases(arch, size, cases, num_register_tokens, arch_overrides, pretrain_img_size)
+        names = list(dict.fromkeys(list(cases) + list(step_cases)))
+        size_cases = make_cases(arch, size, names, num_register_tokens, arch_overrides, pretrain_img_size)
+        for c in size_cases:
+            c.forward = c.forward and c.name in cases
+            c.step = c.step and c.name in step_cases
         macs: Dict[str, Optional[dict]] = {}
         if flops:
-            for c in size_cases:
+            for c in [c for c in size_cases if c.forward]:
                 x1 = torch.randn(1, 3, c.size, c.size, device=dev)
                 model = c.get(dev).eval()
                 try:
@@ -416,14 +442,24 @@ def run_benchmark(
         for bs in batch_sizes:
             inputs = {c.name: torch.randn(bs, 3, c.size, c.size, device=dev) for c in size_cases}
             fwd = {c.name: _forward_fn(c, inputs[c.name], dtype) for c in size_cases if c.forward}
-            log(f"size {size}, batch {bs}: forward of {list(fwd)} ...")
-            t_fwd = time_interleaved(fwd, dev, warmup, repeats)
-            steps = {c.name: _step_fn(c, inputs[c.name], dtype) for c in size_cases
-                     if c.step and c.name in step_cases}
+            t_fwd = {}
+            if fwd:
+                log(f"size {size}, batch {bs}: forward of {list(fwd)} ...")
+                t_fwd = time_interleaved(fwd, dev, warmup, repeats)
+            steps = {c.name: _step_fn(c, inputs[c.name], dtype) for c in size_cases if c.step}
             t_step = {}
             if steps:
                 log(f"size {size}, batch {bs}: training step of {list(steps)} ...")
                 t_step = time_interleaved(steps, dev, warmup, repeats)
+            if "d2reg" in fwd:
+                from .modeling.vit import get_arch
+
+                spec = get_arch(arch, **{k: v for k, v in (arch_overrides or {}).items() if v})
+                d2 = next(c for c in size_cases if c.name == "d2reg")
+                tokens = (d2.size // d2.patch) ** 2 + 1 + num_register_tokens
+                kern = kernel_flops(bs, tokens, spec.embed_dim, spec.num_heads, dev, dtype)
+                report.setdefault("kernels", []).append(dict(size=size, batch=bs, tokens=tokens, **kern))
+                log("  kernels: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in kern.items()))
             for c in size_cases:
                 m = macs.get(c.name)
                 row = {"case": c.name, "size": size, "input": c.size, "patch": c.patch, "batch": bs,
@@ -449,8 +485,7 @@ def run_benchmark(
         if cpu_peak is not None:
             cpu_peak.pin_mmap_threshold()
         for row, c, x in pending_memory:
-            for key, make, wanted in (("fwd", _forward_fn, c.forward),
-                                      ("step", _step_fn, c.step and c.name in step_cases)):
+            for key, make, wanted in (("fwd", _forward_fn, c.forward), ("step", _step_fn, c.step)):
                 if not wanted:
                     continue
                 fn = make(c, x, dtype)
@@ -537,16 +572,23 @@ def format_report(report: dict) -> str:
         + f"; {mach['threads']} torch threads; torch {mach['torch']}; {cfg['device']} {cfg['dtype']}; "
         f"load average {_fmt(report.get('loadavg_start'))} at start, {_fmt(report.get('loadavg_end'))} at end",
         "matmul ceiling: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in report["ceiling"].items()),
-        f"{cfg['arch']}, median of {cfg['repeats']} interleaved runs after {cfg['warmup']} warm-up",
+        f"{cfg['arch']} {cfg.get('arch_overrides') or ''}, median of {cfg['repeats']} interleaved runs "
+        f"after {cfg['warmup']} warm-up",
         "",
     ]
     headers = ["case", "input", "patch", "batch", "GMAC", "attn GMAC", "fwd img/s", "fwd ms", "fwd TFLOP/s",
                "% ceiling", "step img/s", "step ms", "fwd peak MiB", "step peak MiB"]
-    table = [[r["case"], r["input"], r["patch"], r["batch"], _fmt(r["gmac"], ".1f"), _fmt(r["attention_gmac"], ".1f"),
+    table = [[r["case"], r["input"], r["patch"], r["batch"], _fmt(r["gmac"], ".4g"), _fmt(r["attention_gmac"], ".4g"),
               _fmt(r["fwd_ips"], ".3f"), _fmt(r["fwd_s"], ".0f", 1e3), _fmt(r.get("fwd_tflops"), ".3f"),
               _fmt(r.get("fwd_ceiling_frac"), ".0f", 100), _fmt(r["step_ips"], ".3f"), _fmt(r["step_s"], ".0f", 1e3),
               _fmt(r["fwd_peak_mib"], ".0f"), _fmt(r["step_peak_mib"], ".0f")] for r in report["results"]]
     lines.append(tabulate(table, headers=headers, tablefmt="github"))
+    if report.get("kernels"):
+        lines.append("")
+        kt = [[k["size"], k["batch"], k["tokens"], _fmt(k["sdpa_flops"], ".3f", 1e-12),
+               _fmt(k["linear_flops"], ".3f", 1e-12)] for k in report["kernels"]]
+        lines.append(tabulate(kt, headers=["size", "batch", "tokens", "SDPA TFLOP/s", "MLP linear TFLOP/s"],
+                              tablefmt="github"))
     if report.get("targets"):
         lines.append("")
         tt = [[t["target"], t["size"], t["batch"], _fmt(t["value"], ".3f"), t["goal"],

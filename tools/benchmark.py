@@ -22,7 +22,8 @@ def main(argv=None) -> int:
     p.add_argument("--registers", type=int, default=4, help="register tokens (0: original DINOv2)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1024], help="square input sides (518-1536)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
-    p.add_argument("--cases", nargs="+", default=list(ALL_CASES), choices=ALL_CASES)
+    p.add_argument("--cases", nargs="*", default=list(ALL_CASES), choices=ALL_CASES,
+                   help="cases whose forward is timed")
     p.add_argument("--step-cases", nargs="*", default=list(STEP_CASES), choices=ALL_CASES,
                    help="cases whose training step (forward+backward) is timed; none: forward only")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
