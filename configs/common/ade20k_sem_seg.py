@@ -11,6 +11,8 @@ from detectron2.data import get_detection_dataset_dicts as dataset_dicts
 from detectron2.evaluation import SemSegEvaluator
 from omegaconf import OmegaConf
 
+from d2reg.engine.trainer import load_sem_seg_gt
+
 crop_size = 512
 
 dataloader = OmegaConf.create()
@@ -47,4 +49,5 @@ dataloader.test = L(build_detection_test_loader)(
     ),
     num_workers=4,
 )
-dataloader.evaluator = L(SemSegEvaluator)(dataset_name="${..test.dataset.names}")
+# load_sem_seg_gt: detectron2's default ground-truth loader calls np.array(..., copy=False), which NumPy 2 rejects
+dataloader.evaluator = L(SemSegEvaluator)(dataset_name="${..test.dataset.names}", sem_seg_loading_fn=load_sem_seg_gt)

@@ -5,7 +5,7 @@ Weights are never downloaded. ``model.backbone.net.weights`` (``model.backbone.w
 linear protocol) names a local official DINOv2 ``.pth``: by default ``$D2REG_CHECKPOINTS/<official
 file name>`` with ``D2REG_CHECKPOINTS`` defaulting to ``./checkpoints``. A missing file stops the
 model build with a FileNotFoundError naming the path (no silent random init); override with
-``model.backbone.net.weights=/path/to/file.pth`` on the command line, or ``...weights=None`` for a
+``model.backbone.net.weights=/path/to/file.pth`` on the command line, or ``...weights=null`` (None) for a
 deliberate random init.
 """
 import os
