@@ -12,10 +12,9 @@ file (loaded into the backbone); a file matching none of the model's weights is 
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, launch
-from detectron2.engine.defaults import create_ddp_model
 
 import d2reg.data  # noqa: F401  (registers the synthetic data sets)
-from d2reg.engine import D2RegCheckpointer, do_test, do_train
+from d2reg.engine import D2RegCheckpointer, create_ddp_model, do_test, do_train
 
 
 def main(args):

@@ -1,6 +1,7 @@
 """Training helpers behind ``tools/train_net.py`` and ``tools/lazyconfig_train_net.py``."""
 from .checkpoint import D2RegCheckpointer, RNGState, convert_for_backbone, convert_to_detectron2, find_dinov2_backbone
 from .data import ResumableTrainingSampler, build_resumable_train_loader
+from .ddp import create_ddp_model
 from .lazy import do_test, do_train, instantiate_train_loader
 from .optimizer import build_optimizer, get_d2reg_optimizer_params
 from .trainer import D2RegTrainer, add_d2reg_train_config, build_evaluator, load_sem_seg_gt, setup_cfg
@@ -16,6 +17,7 @@ __all__ = [
     "build_resumable_train_loader",
     "convert_for_backbone",
     "convert_to_detectron2",
+    "create_ddp_model",
     "do_test",
     "do_train",
     "find_dinov2_backbone",

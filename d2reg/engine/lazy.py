@@ -8,12 +8,12 @@ from detectron2.config import instantiate
 from detectron2.config.instantiate import locate
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from .checkpoint import D2RegCheckpointer, RNGState
 from .data import ResumableTrainingSampler, resumed_data_iterator
+from .ddp import create_ddp_model
 
 __all__ = ["do_test", "do_train", "instantiate_train_loader"]
 

@@ -10,7 +10,6 @@ import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
@@ -20,6 +19,7 @@ from PIL import Image
 from ..config import add_d2reg_config
 from .checkpoint import D2RegCheckpointer, RNGState
 from .data import build_resumable_train_loader, resumed_data_iterator
+from .ddp import create_ddp_model
 from .optimizer import build_optimizer
 
 __all__ = ["D2RegTrainer", "add_d2reg_train_config", "build_evaluator", "load_sem_seg_gt", "setup_cfg"]
