@@ -11,7 +11,7 @@ test: venv
 	$(PY) -m pytest tests
 
 demo: venv
-	$(PY) tools/show_pyramid.py $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) tools/demo.py $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TASK),--task $(TASK))
 
 lint: venv
 	$(PY) -m ruff check .
