@@ -145,6 +145,21 @@ def matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: Op
     return 2 * n ** 3 / statistics.median(times)
 
 
+def _matmul_probe(device: torch.device, dtype: torch.dtype, n: Optional[int] = None, calls: int = 3):
+    """(fn, FLOPs per fn call): ``calls`` square matmuls, timed among the model runs so that the
+    ceiling is sampled under the same (possibly shared) machine load as the models."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def run():
+        with torch.inference_mode():
+            for _ in range(calls):
+                torch.mm(a, b)
+
+    return run, 2 * n ** 3 * calls
+
+
 def kernel_flops(batch: int, tokens: int, dim: int, heads: int, device: torch.device, dtype: str = "fp32",
                  repeats: int = 3) -> Dict[str, float]:
     """FLOP/s of the two kernels a ViT forward is made of, at the model's shapes: the attention
@@ -443,9 +458,14 @@ def run_benchmark(
             inputs = {c.name: torch.randn(bs, 3, c.size, c.size, device=dev) for c in size_cases}
             fwd = {c.name: _forward_fn(c, inputs[c.name], dtype) for c in size_cases if c.forward}
             t_fwd = {}
+            ceiling = report["ceiling"]["bf16" if dtype == "bf16" else "fp32"]
             if fwd:
                 log(f"size {size}, batch {bs}: forward of {list(fwd)} ...")
-                t_fwd = time_interleaved(fwd, dev, warmup, repeats)
+                probe, probe_flops = _matmul_probe(dev, torch.bfloat16 if dtype == "bf16" else torch.float32)
+                t_fwd = time_interleaved({**fwd, "_matmul": probe}, dev, warmup, repeats)
+                ceiling = probe_flops / statistics.median(t_fwd.pop("_matmul"))
+                report.setdefault("ceiling_interleaved", []).append(dict(size=size, batch=bs, flops=ceiling))
+                log(f"  matmul ceiling sampled among the forwards: {ceiling / 1e12:.3f} TFLOP/s")
             steps = {c.name: _step_fn(c, inputs[c.name], dtype) for c in size_cases if c.step}
             t_step = {}
             if steps:
@@ -473,7 +493,6 @@ def run_benchmark(
                     row[f"{key}_ips"] = bs / row[f"{key}_s"] if ts else None
                 if row["gmac"] and row["fwd_s"]:
                     row["fwd_tflops"] = 2 * row["gmac"] / row["fwd_s"] / 1e3
-                    ceiling = report["ceiling"]["bf16" if dtype == "bf16" else "fp32"]
                     row["fwd_ceiling_frac"] = row["fwd_tflops"] * 1e12 / ceiling
                 rows.append(row)
                 if memory:
@@ -571,7 +590,9 @@ def format_report(report: dict) -> str:
         f"machine: {mach['cpu']}" + (f", {mach['gpu']}" if "gpu" in mach else "")
         + f"; {mach['threads']} torch threads; torch {mach['torch']}; {cfg['device']} {cfg['dtype']}; "
         f"load average {_fmt(report.get('loadavg_start'))} at start, {_fmt(report.get('loadavg_end'))} at end",
-        "matmul ceiling: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in report["ceiling"].items()),
+        "matmul ceiling: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in report["ceiling"].items())
+        + "".join(f"; sampled among the forwards at {c['size']}/b{c['batch']}: {c['flops'] / 1e12:.3f}"
+                  for c in report.get("ceiling_interleaved", [])),
         f"{cfg['arch']} {cfg.get('arch_overrides') or ''}, median of {cfg['repeats']} interleaved runs "
         f"after {cfg['warmup']} warm-up",
         "",
