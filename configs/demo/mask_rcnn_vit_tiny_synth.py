@@ -1,7 +1,7 @@
-"""LazyConfig twin of mask_rcnn_vit_tiny_synth.yaml (for tools/lazyconfig_train_net.py): a tiny
-ViT-reg (192-dim, 4 blocks, 3 heads, 4 registers, patch 16) + simple feature pyramid (64 channels)
+"""LazyConfig twin of mask_rcnn_vit_tiny_synth.yaml (for tools/lazyconfig_train_net.py): a small
+ViT-reg (384-dim, 4 blocks, 6 heads, 4 registers, patch 16) + simple feature pyramid (128 channels)
 + slim Mask R-CNN (detectron2's model_zoo ``mask_rcnn_fpn`` with smaller heads), trained from
-scratch on the synthetic shapes (``d2reg_synth_train``, 160-px images) on a CPU.
+scratch on the synthetic shapes (``d2reg_synth_train``, 192-px images) on a CPU.
 
     python tools/lazyconfig_train_net.py --config-file configs/demo/mask_rcnn_vit_tiny_synth.py \
         train.output_dir=output/demo_lazy train.max_iter=10
@@ -19,15 +19,15 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import CosineParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
 from omegaconf import OmegaConf
 
 import d2reg.data  # noqa: F401  (registers d2reg_synth_*)
 from d2reg import DINOv2Backbone, SimpleFeaturePyramid
 from d2reg.engine import get_d2reg_optimizer_params
 
-C = 64  # pyramid channels
-SIZE = 160
+C = 128  # pyramid channels
+SIZE = 192
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
 model.pixel_mean = [123.675, 116.28, 103.53]
@@ -35,7 +35,7 @@ model.pixel_std = [58.395, 57.12, 57.375]
 model.input_format = "RGB"
 model.backbone = L(SimpleFeaturePyramid)(
     net=L(DINOv2Backbone)(
-        arch="vit_small", embed_dim=192, depth=4, num_heads=3, num_register_tokens=4, patch_size=16, weights=None
+        arch="vit_small", embed_dim=384, depth=4, num_heads=6, num_register_tokens=4, patch_size=16, weights=None
     ),
     in_feature="last_feat",
     out_channels=C,
@@ -73,7 +73,7 @@ dataloader.train = L(build_detection_train_loader)(
         image_format="RGB",
         use_instance_mask=True,
     ),
-    total_batch_size=8,
+    total_batch_size=4,
     num_workers=1,
 )
 dataloader.test = L(build_detection_test_loader)(
@@ -88,7 +88,7 @@ dataloader.test = L(build_detection_test_loader)(
 dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False)
 
 train = model_zoo.get_config("common/train.py").train
-train.init_checkpoint = ""  # or an official / timm / HF DINOv2 file with embed_dim 192 (D2RegCheckpointer)
+train.init_checkpoint = ""  # or an official / timm / HF DINOv2 ViT-S file (D2RegCheckpointer: first 4 blocks)
 train.output_dir = "output/demo_instance_lazy"
 train.max_iter = 300
 train.eval_period = 0  # evaluate once, at the end
@@ -96,13 +96,13 @@ train.checkpointer.period = 100000
 train.device = "cpu"
 
 optimizer = model_zoo.get_config("common/optim.py").AdamW
-optimizer.lr = 4e-4
+optimizer.lr = 2e-4
 optimizer.weight_decay = 0.05
 optimizer.params._target_ = get_d2reg_optimizer_params  # layer decay (lr_decay=1.0: off for random init)
 optimizer.params.base_lr = "${..lr}"
 optimizer.params.lr_decay = 1.0
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=30 / train.max_iter,
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[250], num_updates=300),
+    warmup_length=20 / train.max_iter,
     warmup_factor=0.01,
 )

@@ -37,7 +37,7 @@ __all__ = [
 SYNTH_THING_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
 SYNTH_STUFF_CLASSES: Tuple[str, ...] = ("background",) + SYNTH_THING_CLASSES
 SYNTH_NUM_SEM_SEG_CLASSES = len(SYNTH_STUFF_CLASSES)  # 4: background + 3 shapes
-SYNTH_DEFAULTS = dict(num_train=256, num_val=64, image_size=160, seed=0)
+SYNTH_DEFAULTS = dict(num_train=256, num_val=64, image_size=192, seed=0)
 FORMAT_VERSION = 1
 SPLITS = (("train", "training"), ("val", "validation"))
 
