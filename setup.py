@@ -16,6 +16,7 @@ setup(
         "matplotlib",
         "pycocotools",
         "Pillow",
+        "shapely",  # detectron2 crops polygon annotations with it (LSJ / INPUT.CROP)
     ],
     extras_require={"test": ["pytest", "transformers>=4.48", "ruff"]},
 )

@@ -37,7 +37,7 @@ fi
 echo "[setup] installing runtime dependencies"
 $PIP install -q "setuptools<81" wheel termcolor yacs tabulate cloudpickle tqdm matplotlib \
   "omegaconf>=2.1,<2.4" hydra-core packaging tensorboard Pillow pycocotools fvcore iopath \
-  "timm>=1.0.15" safetensors opencv-python-headless scipy \
+  "timm>=1.0.15" safetensors opencv-python-headless scipy shapely \
   pytest ruff transformers 2>&1 | quiet
 
 if has detectron2.modeling; then
