@@ -129,7 +129,7 @@ class D2RegCheckpointer(DetectionCheckpointer):
         if not checkpoint.get("matching_heuristics", False):
             stripped = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
             names = sorted(stripped)
-            matched = [k for k in names if k in own and tuple(own[k].shape) == tuple(np.shape(stripped[k]))]
+            matched = [k for k in names if k in own and tuple(own[k].shape) == _shape(stripped[k])]
             if weights and not matched:
                 raise CheckpointError(
                     f"weights file {self._loading!r} matches none of the model's {len(own)} tensors (its "
@@ -138,6 +138,10 @@ class D2RegCheckpointer(DetectionCheckpointer):
                     "would have trained from random initialisation."
                 )
         return super()._load_model(checkpoint)
+
+
+def _shape(v) -> tuple:
+    return tuple(v.shape) if hasattr(v, "shape") else tuple(np.shape(v))
 
 
 class RNGState:
