@@ -25,11 +25,14 @@ RF-DETR's DINOv2 backbone instead copies CLS + registers into every window; its 
 see ``num_windows`` copies of every prefix token, which changes the softmax mass the pre-trained
 sinks get, and the copies must be merged at the end. Sharing the prefix avoids both.
 
-Padding: the patch grid is padded to a multiple of ``window_size`` by detectron2's
-``window_partition`` (and cropped back by ``window_unpartition``). Unlike detectron2, the padded keys
-are masked out (a key-padding mask, built once per grid), so the output does not depend on the
-padding. Only the q/k/v of the padded positions are padded (the qkv projection runs on the real
-tokens), and grids that are a multiple of the window run without a mask.
+Padding and layout: windows, their order and the padding of the grid to a multiple of
+``window_size`` are detectron2's (its ``window_partition`` / ``window_unpartition``, applied once per
+grid size to token indices). Per forward, one gather lays q/k/v out as windows of
+``[prefix, patches]`` and one gather puts the outputs back, instead of padding, permuting and
+concatenating the activations (fewer memory passes: on a 2-core CPU the copies cost more than the
+windowed attention itself). The qkv projection runs on the real tokens only. Unlike detectron2, the
+padded keys are masked out, so the output does not depend on the padding; grids that are a multiple
+of the window need no mask.
 
 The grid ``(h, w)`` is recorded by a forward hook on ``vit.patch_embed`` each time the ViT sees an
 image. Activation checkpointing recomputes windowed blocks in the backward pass with the grid of the
@@ -58,33 +61,47 @@ def default_window_block_indexes(depth: int, num_global: int = 4) -> List[int]:
 
 
 class _Grid:
-    """The patch grid (h, w) of the image the ViT is processing, shared by its windowed blocks."""
+    """The patch grid (h, w) of the image the ViT is processing, shared by its windowed blocks, and
+    the window layout for it (built once per grid size, reused by every block and forward)."""
 
-    __slots__ = ("hw", "_masks")
+    __slots__ = ("hw", "_layouts")
 
     def __init__(self):
         self.hw: Optional[Tuple[int, int]] = None
-        self._masks: Dict[tuple, Optional[torch.Tensor]] = {}
+        self._layouts: Dict[tuple, tuple] = {}
 
-    def key_mask(self, window_size: int, num_prefix: int, device: torch.device) -> Optional[torch.Tensor]:
-        """(num_windows, 1, 1, P + ws*ws) bool, True = real key; None when the grid needs no padding."""
+    def layout(self, window_size: int, num_prefix: int, device: torch.device):
+        """``(gather, back, mask, num_windows)`` for the current grid:
+
+        - ``gather`` (num_windows * (P + ws*ws),): token index of every window slot, the P prefix
+          tokens first in each window; padded slots point at token P (their keys are masked);
+        - ``back`` (h*w,): for every patch token, its slot in the windows' patch outputs;
+        - ``mask``: (num_windows, 1, 1, P + ws*ws) bool, True = real key; None without padding.
+
+        The layout is detectron2's: built by ``window_partition`` / ``window_unpartition`` applied to
+        token indices, so windows, their order and the padding match detectron2's ViT exactly.
+        """
         h, w = self.hw
-        if h % window_size == 0 and w % window_size == 0:
-            return None
         key = (h, w, window_size, num_prefix, str(device))
-        mask = self._masks.get(key)
-        if mask is None:
-            valid = torch.zeros(1, -(-h // window_size) * window_size, -(-w // window_size) * window_size, 1,
-                                dtype=torch.bool, device=device)
-            valid[:, :h, :w] = True
-            windows = valid.view(1, valid.shape[1] // window_size, window_size, -1, window_size)
-            windows = windows.permute(0, 1, 3, 2, 4).reshape(-1, window_size * window_size)
-            prefix = torch.ones(windows.shape[0], num_prefix, dtype=torch.bool, device=device)
-            mask = torch.cat([prefix, windows], dim=1)[:, None, None, :]
-            if len(self._masks) > 16:
-                self._masks.clear()
-            self._masks[key] = mask
-        return mask
+        found = self._layouts.get(key)
+        if found is not None:
+            return found
+        ids = torch.arange(1, h * w + 1, device=device).view(1, h, w, 1)  # 0 marks padding
+        win, pad_hw = window_partition(ids, window_size)
+        nw = win.shape[0]
+        win = win.view(nw, window_size * window_size)
+        prefix = torch.arange(num_prefix, device=device).expand(nw, num_prefix)
+        gather = torch.cat([prefix, (win - 1).clamp(min=0) + num_prefix], dim=1).flatten()
+        slots = torch.arange(nw * window_size * window_size, device=device).view(nw, window_size, window_size, 1)
+        back = window_unpartition(slots, window_size, pad_hw, (h, w)).flatten()
+        mask = None
+        if pad_hw != (h, w):
+            valid = torch.cat([torch.ones_like(prefix, dtype=torch.bool), win > 0], dim=1)
+            mask = valid[:, None, None, :]
+        if len(self._layouts) > 16:
+            self._layouts.clear()
+        found = self._layouts[key] = (gather, back, mask, nw)
+        return found
 
 
 class WindowedAttention(nn.Module):
@@ -132,18 +149,16 @@ class WindowedAttention(nn.Module):
         out_prefix = F.scaled_dot_product_attention(q[:, :, :P], k, v, dropout_p=dropout_p)
 
         # Patch tokens: windows of ws x ws patches, each also sees the P shared prefix keys/values.
-        win, pad_hw = window_partition(qkv[:, P:].reshape(B, h, w, 3 * self.attn_dim), ws)
-        nw = win.shape[0] // B
-        qw, kw, vw = win.reshape(B * nw, ws * ws, 3, nh, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        qw, kw = self.q_norm(qw), self.k_norm(kw)
-        kw = torch.cat([k[:, :, :P].repeat_interleave(nw, dim=0), kw], dim=2)
-        vw = torch.cat([v[:, :, :P].repeat_interleave(nw, dim=0), vw], dim=2)
-        mask = self._grid.key_mask(ws, P, x.device)
-        if mask is not None:
+        # One gather builds every window as [prefix, its patches] (padding included); no other copy.
+        gather, back, mask, nw = self._grid.layout(ws, P, x.device)
+        win = qkv.index_select(1, gather).view(B * nw, P + ws * ws, 3, nh, hd)
+        qw = self.q_norm(win[:, P:, 0].transpose(1, 2))  # (B*nw, nh, ws*ws, hd)
+        kw = self.k_norm(win[:, :, 1].transpose(1, 2))  # (B*nw, nh, P + ws*ws, hd)
+        vw = win[:, :, 2].transpose(1, 2)
+        if mask is not None and B > 1:
             mask = mask.repeat(B, 1, 1, 1)
         out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, dropout_p=dropout_p)
-        out = out.transpose(1, 2).reshape(B * nw, ws, ws, self.attn_dim)
-        out = window_unpartition(out, ws, pad_hw, (h, w)).reshape(B, h * w, self.attn_dim)
+        out = out.transpose(1, 2).reshape(B, nw * ws * ws, self.attn_dim).index_select(1, back)
 
         x = torch.cat([out_prefix.transpose(1, 2).reshape(B, P, self.attn_dim), out], dim=1)
         x = self.norm(x)
