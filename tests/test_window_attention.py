@@ -105,6 +105,17 @@ def test_windowed_grads_and_checkpointing(tiny_kwargs):
         torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_training_after_inference_mode(tiny_kwargs):
+    """The cached window layout of an inference-mode forward must not leak into training."""
+    net = DINOv2Backbone(window_size=3, window_block_indexes=[0], **tiny_kwargs)
+    x = torch.randn(1, 3, 80, 112)
+    with torch.inference_mode():
+        ref = net(x)["last_feat"]
+    out = net(x)["last_feat"]
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), ref)
+
+
 def test_default_recipe_and_validation(tiny_kwargs):
     assert default_window_block_indexes(12) == [0, 1, 3, 4, 6, 7, 9, 10]
     assert [i for i in range(24) if i not in default_window_block_indexes(24)] == [5, 11, 17, 23]

@@ -82,7 +82,8 @@ class _Grid:
         token indices, so windows, their order and the padding match detectron2's ViT exactly.
         """
         h, w = self.hw
-        key = (h, w, window_size, num_prefix, str(device))
+        # inference-mode tensors cannot be saved for a later backward: separate entries
+        key = (h, w, window_size, num_prefix, str(device), torch.is_inference_mode_enabled())
         found = self._layouts.get(key)
         if found is not None:
             return found
