@@ -82,8 +82,10 @@ class _Grid:
         token indices, so windows, their order and the padding match detectron2's ViT exactly.
         """
         h, w = self.hw
-        # inference-mode tensors cannot be saved for a later backward: separate entries
-        key = (h, w, window_size, num_prefix, str(device), torch.is_inference_mode_enabled())
+        # inference-mode tensors cannot be saved for a later backward: separate entries (dynamo cannot
+        # trace the check; compiled graphs make their own tensors anyway)
+        inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+        key = (h, w, window_size, num_prefix, str(device), inference)
         found = self._layouts.get(key)
         if found is not None:
             return found
