@@ -528,6 +528,15 @@ def _find(rows, case, size, batch):
     return None
 
 
+def _ratio(a: dict, b: dict, key: str) -> float:
+    """Time ratio a / b: the median of the per-round ratios (the two ran next to each other in each
+    round, so a load change between rounds cancels), else the ratio of the medians."""
+    ta, tb = a.get(f"{key}_times"), b.get(f"{key}_times")
+    if ta and tb and len(ta) == len(tb):
+        return statistics.median(x / y for x, y in zip(ta, tb))
+    return a[f"{key}_s"] / b[f"{key}_s"]
+
+
 def evaluate_targets(rows: List[dict], ceiling: Dict[str, float], dtype: str = "fp32") -> List[dict]:
     """The issue's targets from the measured rows (every size/batch where the cases exist)."""
     out = []
@@ -543,10 +552,10 @@ def evaluate_targets(rows: List[dict], ceiling: Dict[str, float], dtype: str = "
         timm_r, p14 = _find(rows, "timm", size, bs), _find(rows, "d2reg-p14", size, bs)
         ck, win, sfp = (_find(rows, n, size, bs) for n in ("d2reg-ckpt", "d2reg-win", "d2reg+sfp"))
         if timm_r and r["fwd_s"] and timm_r["fwd_s"]:
-            v = r["fwd_s"] / timm_r["fwd_s"]
+            v = _ratio(r, timm_r, "fwd")
             add("forward time d2reg / bare timm", size, bs, v, "<= 1.05", v <= 1.05)
         if p14 and r["fwd_ips"] and p14["fwd_ips"]:
-            v = r["fwd_ips"] / p14["fwd_ips"]
+            v = _ratio(p14, r, "fwd")  # throughput ratio = inverse time ratio
             extra = f"FLOP ratio {p14['gmac'] / r['gmac']:.2f}" if r["gmac"] and p14["gmac"] else ""
             add(f"throughput patch16@{r['input']} / patch14@{p14['input']}", size, bs, v, ">= 1.5", v >= 1.5, extra)
         if r.get("fwd_ceiling_frac") is not None:
@@ -556,23 +565,23 @@ def evaluate_targets(rows: List[dict], ceiling: Dict[str, float], dtype: str = "
                 extra = f"bare timm {timm_r['fwd_ceiling_frac']:.0%}"
             add(f"forward FLOP/s / {dtype} matmul FLOP/s", size, bs, v, ">= 0.75", v >= 0.75, extra)
         if ck and r.get("step_peak_mib") and ck.get("step_peak_mib") and r["step_s"] and ck["step_s"]:
-            m, t = ck["step_peak_mib"] / r["step_peak_mib"], ck["step_s"] / r["step_s"]
+            m, t = ck["step_peak_mib"] / r["step_peak_mib"], _ratio(ck, r, "step")
             add("act. checkpointing: step memory ratio", size, bs, m, "<= 0.50", m <= 0.5)
             add("act. checkpointing: step time ratio", size, bs, t, "<= 1.4", t <= 1.4)
         if win and r["fwd_s"] and win["fwd_s"]:
-            v = r["fwd_s"] / win["fwd_s"]
+            v = _ratio(r, win, "fwd")
             add("window speed-up (forward), global / windowed", size, bs, v, ">= 1.5", v >= 1.5)
         if win and r["step_s"] and win["step_s"]:
-            v = r["step_s"] / win["step_s"]
+            v = _ratio(r, win, "step")
             add("window speed-up (training step)", size, bs, v, "(report)", None)
         if sfp and r["fwd_s"] and sfp["fwd_s"]:
-            v = sfp["fwd_s"] / r["fwd_s"]
+            v = _ratio(sfp, r, "fwd")
             add("pyramid cost: (backbone+SFP) / backbone forward", size, bs, v, "(report)", None)
     hf_rows = [r for r in rows if r["case"] == "hf"]
     for h in hf_rows:
         r = _find(rows, "d2reg", h["size"], h["batch"])
         if r and r["fwd_s"] and h["fwd_s"]:
-            add("forward time d2reg / transformers", h["size"], h["batch"], r["fwd_s"] / h["fwd_s"], "(report)", None)
+            add("forward time d2reg / transformers", h["size"], h["batch"], _ratio(r, h, "fwd"), "(report)", None)
     return out
 
 
