@@ -11,7 +11,14 @@ from detectron2.modeling import Backbone
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from ..checkpoint import CheckpointError, CheckpointInfo, load_dinov2_checkpoint
-from .vit import PRETRAIN_IMG_SIZE, ViTArch, create_dinov2_vit, get_arch, resize_patch_embed_weight
+from .vit import (
+    PRETRAIN_IMG_SIZE,
+    ViTArch,
+    create_dinov2_vit,
+    get_arch,
+    resize_patch_embed_weight,
+    resolve_block_indices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +90,7 @@ class DINOv2Backbone(Backbone):
             spec, num_register_tokens, patch_size, drop_path_rate=drop_path_rate,
             pretrain_img_size=pretrain_img_size,
         )
-        self._take = _normalize_indices(out_indices, spec.depth)
+        self._take = resolve_block_indices(out_indices, spec.depth)
         # Prune before loading: blocks after the last used one, the head and the unused final norm.
         # (indices as a list: an int means "the last n blocks" to timm and would prune nothing)
         self.vit.prune_intermediate_layers(list(self._take), prune_norm=not final_norm, prune_head=True)
@@ -243,20 +250,6 @@ def _check_args(spec: ViTArch, num_regs, patch_size, patch_resize, freeze_at, wi
         raise ValueError(f"freeze_at must be 0..{spec.depth + 1} or 'all' (-1), got {freeze_at!r}.")
     if window_size < 0:
         raise ValueError(f"window_size must be >= 0, got {window_size}.")
-
-
-def _normalize_indices(out_indices: Sequence[int], depth: int) -> list:
-    if isinstance(out_indices, int) or not len(out_indices):
-        raise ValueError(f"out_indices must be a non-empty sequence of block indices, got {out_indices!r}.")
-    take = []
-    for i in out_indices:
-        j = i + depth if i < 0 else i
-        if not 0 <= j < depth:
-            raise ValueError(f"out_indices entry {i} is out of range for a {depth}-block ViT.")
-        take.append(j)
-    if len(set(take)) != len(take):
-        raise ValueError(f"out_indices {tuple(out_indices)} name the same block twice.")
-    return sorted(take)
 
 
 def _is_pruned_key(key: str, kept_blocks: int) -> bool:

@@ -144,10 +144,9 @@ def vit_feature_shapes(
     """What ``DINOv2Backbone(arch, out_indices=..., patch_size=..., embed_dim=..., depth=...)
     .output_shape()`` returns, without building it: the ``input_shape`` of a head in a LazyConfig,
     e.g. ``L(LinearSemSegHead)(input_shape=L(vit_feature_shapes)(arch="${..backbone.arch}", ...))``."""
-    from .backbone import _normalize_indices
-    from .vit import get_arch
+    from .vit import get_arch, resolve_block_indices
 
     spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    take = _normalize_indices(list(out_indices), spec.depth)
+    take = resolve_block_indices(list(out_indices), spec.depth)
     names = [f"block{i}" for i in take[:-1]] + ["last_feat"]
     return {n: ShapeSpec(channels=spec.embed_dim, stride=patch_size) for n in names}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,7 @@ __all__ = [
     "DINOv2VisionTransformer",
     "create_dinov2_vit",
     "interpolate_pos_embed",
+    "resolve_block_indices",
     "resize_patch_embed_weight",
     "swiglu_hidden_features",
 ]
@@ -63,6 +64,20 @@ def get_arch(arch: Union[str, ViTArch], **overrides) -> ViTArch:
     if spec.embed_dim % spec.num_heads:
         raise ValueError(f"embed_dim {spec.embed_dim} is not divisible by num_heads {spec.num_heads}.")
     return spec
+
+
+def resolve_block_indices(indices: Sequence[int], depth: int, what: str = "out_indices") -> List[int]:
+    """Sorted absolute block indices (negative ones count from the end); a clear error for an empty
+    list, an index out of range or a block named twice."""
+    if isinstance(indices, int) or not len(indices):
+        raise ValueError(f"{what} must be a non-empty sequence of block indices, got {indices!r}.")
+    take = [i + depth if i < 0 else i for i in indices]
+    for i, j in zip(indices, take):
+        if not 0 <= j < depth:
+            raise ValueError(f"{what} entry {i} is out of range for a {depth}-block ViT.")
+    if len(set(take)) != len(take):
+        raise ValueError(f"{what} {tuple(indices)} name the same block twice.")
+    return sorted(take)
 
 
 def swiglu_hidden_features(embed_dim: int) -> int:

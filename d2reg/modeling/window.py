@@ -48,6 +48,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 
+from .vit import resolve_block_indices
+
 __all__ = ["WindowedAttention", "default_window_block_indexes", "enable_window_attention"]
 
 
@@ -186,12 +188,7 @@ def enable_window_attention(vit: nn.Module, window_size: int, window_block_index
             f"ViTDet's recipe for {depth} blocks: window_block_indexes={default_window_block_indexes(depth)} "
             "(d2reg.modeling.window.default_window_block_indexes)."
         )
-    take = []
-    for i in window_block_indexes:
-        j = i + depth if i < 0 else i
-        if not 0 <= j < depth:
-            raise ValueError(f"window_block_indexes entry {i} is out of range for {depth} blocks.")
-        take.append(j)
+    take = resolve_block_indices(window_block_indexes, depth, "window_block_indexes")
     grid = getattr(vit, "_d2reg_window_grid", None)
     if grid is None:
         grid = _Grid()
@@ -201,7 +198,7 @@ def enable_window_attention(vit: nn.Module, window_size: int, window_block_index
             grid.hw = (output.shape[1], output.shape[2])
 
         vit.patch_embed.register_forward_hook(record_grid)
-    for j in sorted(set(take)):
+    for j in take:
         blk = vit.blocks[j]
         if isinstance(blk.attn, WindowedAttention):
             blk.attn.window_size = window_size
