@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 
-import pytest
 import torch
 from _tools import DEMO, TINY_DATA, TINY_INSTANCE, load_tool
 
@@ -78,7 +77,6 @@ def _worker(out_dir, data_root):
         torch.save({"ok": True}, os.path.join(out_dir, "train_ok.pth"))
 
 
-@pytest.mark.timeout(600) if hasattr(pytest.mark, "timeout") else (lambda f: f)
 def test_ddp_two_processes_gloo(tmp_path):
     from detectron2.engine import launch
     from detectron2.modeling import build_model
