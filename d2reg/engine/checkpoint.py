@@ -17,12 +17,10 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from timm.models.vision_transformer import checkpoint_filter_fn
 
 from ..checkpoint import CheckpointError, CheckpointInfo, detect_format, infer_info, read_state_dict, to_timm
 from ..checkpoint.formats import D2_PREFIX, unwrap_state_dict
-from ..modeling.backbone import DINOv2Backbone, _is_pruned_key, _short
-from ..modeling.vit import resize_patch_embed_weight
+from ..modeling.backbone import DINOv2Backbone, _short
 
 __all__ = ["D2RegCheckpointer", "RNGState", "convert_for_backbone", "convert_to_detectron2", "find_dinov2_backbone"]
 
@@ -45,29 +43,9 @@ def find_dinov2_backbone(model: torch.nn.Module) -> Tuple[Optional[str], Optiona
 def convert_for_backbone(
     sd: Dict[str, torch.Tensor], info: CheckpointInfo, backbone: DINOv2Backbone, patch_resize: str = "pi"
 ) -> Dict[str, torch.Tensor]:
-    """timm-layout DINOv2 tensors (from :func:`d2reg.load_dinov2_checkpoint`) -> the exact state dict
-    of ``backbone.vit``: checks the architecture, resamples the patch embedding to the backbone's
-    patch size and the position embedding to its grid, drops pruned blocks / the final norm.
-    Raises :class:`CheckpointError` when anything does not fit."""
-    backbone._check_compatible(info)
-    sd = dict(sd)
-    if "patch_embed.proj.weight" in sd:
-        sd["patch_embed.proj.weight"] = resize_patch_embed_weight(
-            sd["patch_embed.proj.weight"], backbone.patch_size, patch_resize
-        )
-    sd = checkpoint_filter_fn(sd, backbone.vit)
-    own = backbone.vit.state_dict()
-    kept = len(backbone.vit.blocks)
-    unexpected = [k for k in sd if k not in own and not _is_pruned_key(k, kept)]
-    missing = [k for k in own if k not in sd]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
-              for k, v in own.items() if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"checkpoint {info.path!r} ({info.format} layout) does not fit the model's ViT: missing "
-            f"{_short(missing)}, unexpected {_short(unexpected)}, wrong shapes {_short(shapes)}."
-        )
-    return {k: sd[k] for k in own}
+    """The exact state dict of ``backbone.vit`` from timm-layout DINOv2 tensors; see
+    :meth:`DINOv2Backbone.vit_state_dict_from`."""
+    return backbone.vit_state_dict_from(sd, info, patch_resize)
 
 
 class D2RegCheckpointer(DetectionCheckpointer):

@@ -134,28 +134,35 @@ class DINOv2Backbone(Backbone):
         """Load a local DINOv2 checkpoint (any supported layout) into the ViT; see
         :func:`d2reg.load_dinov2_checkpoint`. Raises :class:`CheckpointError` on any mismatch."""
         sd, info = load_dinov2_checkpoint(path)
+        self.vit.load_state_dict(self.vit_state_dict_from(sd, info, patch_resize), strict=True)
+        logger.info("d2reg: loaded %s (%s layout, patch %d -> %d)", path, info.format, info.patch_size,
+                    self.patch_size)
+        return info
+
+    def vit_state_dict_from(self, sd: dict, info: CheckpointInfo, patch_resize: str = "pi") -> dict:
+        """timm-layout DINOv2 tensors (from :func:`d2reg.load_dinov2_checkpoint`) -> the exact state
+        dict of ``self.vit``: checks the architecture, resamples the patch embedding to this patch size
+        and the position embedding to the stored grid, drops pruned blocks / head / unused final norm.
+        Raises :class:`CheckpointError` when anything does not fit."""
         self._check_compatible(info)
+        sd = dict(sd)
         if "patch_embed.proj.weight" in sd:
             sd["patch_embed.proj.weight"] = resize_patch_embed_weight(
                 sd["patch_embed.proj.weight"], self.patch_size, patch_resize
             )
         sd = checkpoint_filter_fn(sd, self.vit)  # resamples pos_embed to the model's stored grid
-        kept = len(self.vit.blocks)
         own = self.vit.state_dict()
-        expected_extra = [k for k in sd if k not in own and _is_pruned_key(k, kept)]
-        unexpected = [k for k in sd if k not in own and k not in expected_extra]
+        kept = len(self.vit.blocks)
+        unexpected = [k for k in sd if k not in own and not _is_pruned_key(k, kept)]
         missing = [k for k in own if k not in sd]
-        if missing or unexpected:
+        shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+                  for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+        if missing or unexpected or shapes:
             raise CheckpointError(
-                f"checkpoint {path!r} ({info.format} layout) does not fit the model: missing "
-                f"{_short(missing)}, unexpected {_short(unexpected)}."
+                f"checkpoint {info.path!r} ({info.format} layout) does not fit the model: missing "
+                f"{_short(missing)}, unexpected {_short(unexpected)}, wrong shapes {_short(shapes)}."
             )
-        self.vit.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=True)
-        logger.info(
-            "d2reg: loaded %s (%s layout, patch %d -> %d); unused: %s",
-            path, info.format, info.patch_size, self.patch_size, _short(expected_extra) or "none",
-        )
-        return info
+        return {k: sd[k] for k in own}
 
     def _check_compatible(self, info: CheckpointInfo) -> None:
         spec, problems = self.arch, []
