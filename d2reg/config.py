@@ -29,6 +29,7 @@ def add_d2reg_config(cfg: CN) -> CN:
     c.EMBED_DIM = 0  # 0: the arch's value
     c.DEPTH = 0
     c.NUM_HEADS = 0
+    c.LAYER_SCALE_INIT = 1e-5  # LayerScale gammas at random init (DINOv2's value); loaded weights replace it
     c.LR_DECAY = 1.0  # layer-wise lr decay, read by tools/train_net.py (1.0: off)
     c.SFP = CN()
     c.SFP.OUT_CHANNELS = 256

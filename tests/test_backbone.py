@@ -96,6 +96,19 @@ def test_final_norm_off_by_default_and_pruned():
     assert "vit.norm.weight" in normed
 
 
+def test_layer_scale_init_only_sets_the_random_init(write_ckpt):
+    """DINOv2's 1e-5 by default; ``layer_scale_init`` changes a fresh model's gammas, and loaded
+    weights replace them whatever it is (a config written for the demo cannot skew a checkpoint)."""
+    def gammas(model):
+        return torch.cat([p.flatten() for n, p in model.named_parameters() if n.endswith(".gamma")])
+
+    assert torch.all(gammas(DINOv2Backbone(**_kw())) == 1e-5)
+    assert torch.all(gammas(DINOv2Backbone(layer_scale_init=0.5, **_kw())) == 0.5)
+    path, sd = write_ckpt("official.pth")
+    loaded = DINOv2Backbone(weights=path, layer_scale_init=0.5, **_kw())
+    torch.testing.assert_close(loaded.vit.blocks[1].ls2.gamma.detach(), sd["blocks.1.ls2.gamma"], rtol=0, atol=0)
+
+
 def test_padding_to_patch_multiple_is_zero_padding(write_ckpt):
     path, _ = write_ckpt("official.pth")
     model = DINOv2Backbone(weights=path, **_kw()).eval()

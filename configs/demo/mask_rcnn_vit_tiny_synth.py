@@ -35,7 +35,8 @@ model.pixel_std = [58.395, 57.12, 57.375]
 model.input_format = "RGB"
 model.backbone = L(SimpleFeaturePyramid)(
     net=L(DINOv2Backbone)(
-        arch="vit_small", embed_dim=384, depth=4, num_heads=6, num_register_tokens=4, patch_size=16, weights=None
+        arch="vit_small", embed_dim=384, depth=4, num_heads=6, num_register_tokens=4, patch_size=16, weights=None,
+        layer_scale_init=1.0,  # random init: DINOv2's 1e-5 leaves the blocks ~identity for a short run
     ),
     in_feature="last_feat",
     out_channels=C,
@@ -90,7 +91,7 @@ dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", 
 train = model_zoo.get_config("common/train.py").train
 train.init_checkpoint = ""  # or an official / timm / HF DINOv2 ViT-S file (D2RegCheckpointer: first 4 blocks)
 train.output_dir = "output/demo_instance_lazy"
-train.max_iter = 300
+train.max_iter = 400
 train.eval_period = 0  # evaluate once, at the end
 train.checkpointer.period = 100000
 train.device = "cpu"
@@ -102,7 +103,7 @@ optimizer.params._target_ = get_d2reg_optimizer_params  # layer decay (lr_decay=
 optimizer.params.base_lr = "${..lr}"
 optimizer.params.lr_decay = 1.0
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[250], num_updates=300),
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[340], num_updates=400),
     warmup_length=20 / train.max_iter,
     warmup_factor=0.01,
 )

@@ -1,7 +1,8 @@
 """A synthetic instance / semantic segmentation data set of coloured shapes, generated on demand.
 
-Images of circles, squares and triangles (random colours, sizes, rotations, partial occlusions) on
-textured backgrounds (gradients, stripes, checkerboards, smooth noise). One set of images is written
+Images of circles, squares and triangles (random colours, sizes, rotations, partial occlusions: each
+shape stays at least 75% visible) on textured backgrounds (gradients, stripes, checkerboards, smooth
+noise) of lower contrast than the shapes; the class is the shape alone. One set of images is written
 in two layouts, so detectron2's own loaders and evaluators read it like the real data sets:
 
 - COCO instances: ``annotations/instances_{train,val}.json`` (polygons of the *visible* part of
@@ -38,10 +39,10 @@ SYNTH_THING_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle")
 SYNTH_STUFF_CLASSES: Tuple[str, ...] = ("background",) + SYNTH_THING_CLASSES
 SYNTH_NUM_SEM_SEG_CLASSES = len(SYNTH_STUFF_CLASSES)  # 4: background + 3 shapes
 SYNTH_DEFAULTS = dict(num_train=256, num_val=64, image_size=192, seed=0)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = (("train", "training"), ("val", "validation"))
 
-_MIN_VISIBLE_FRACTION = 0.5  # a placed shape may hide at most half of an earlier one
+_MIN_VISIBLE_FRACTION = 0.75  # a placed shape may hide at most a quarter of an earlier one
 _MIN_VISIBLE_PIXELS = 40
 
 
@@ -78,14 +79,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         n = rng.integers(3, 7)
         t = cv2.resize(rng.uniform(0, 1, (n, n)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
         t = np.clip(t, 0, 1)
-    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    c1 = rng.uniform(30, 225, 3)
+    c2 = np.clip(c1 + rng.uniform(-60, 60, 3), 0, 255)  # textured, but fainter than any shape
     img = c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
     return img + rng.normal(0, 6, img.shape)
 
 
 def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     """Mask (H, W) bool of one random shape of class ``cls`` (0 circle, 1 square, 2 triangle)."""
-    r = rng.uniform(0.07, 0.2) * size
+    r = rng.uniform(0.09, 0.22) * size
     cx, cy = rng.uniform(r * 0.6, size - r * 0.6, 2)
     mask = np.zeros((size, size), np.uint8)
     if cls == 0:
@@ -99,7 +101,7 @@ def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     return mask.astype(bool)
 
 
-def render_scene(rng: np.random.Generator, size: int, max_objects: int = 6):
+def render_scene(rng: np.random.Generator, size: int, max_objects: int = 5):
     """One image: (H, W, 3) uint8 RGB, (H, W) int32 instance map (-1 background) and the list of
     instance classes (index = instance id)."""
     img = _background(rng, size)

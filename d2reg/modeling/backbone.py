@@ -60,6 +60,7 @@ class DINOv2Backbone(Backbone):
         embed_dim: Optional[int] = None,
         depth: Optional[int] = None,
         num_heads: Optional[int] = None,
+        layer_scale_init: float = 1e-5,
     ):
         """
         Args:
@@ -80,6 +81,9 @@ class DINOv2Backbone(Backbone):
                 stay global. CLS/registers stay global; see :mod:`d2reg.modeling.window`.
             pretrain_img_size: size of the stored position-embedding grid, in 14-px patches.
             embed_dim, depth, num_heads: override ``arch``'s numbers (tiny or custom models).
+            layer_scale_init: initial LayerScale gamma, used only without ``weights``: DINOv2's 1e-5
+                keeps a fresh model's blocks near identity, so short from-scratch runs (the demo)
+                want ~0.1–1.
         """
         super().__init__()
         spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
@@ -88,7 +92,7 @@ class DINOv2Backbone(Backbone):
         self.num_register_tokens = num_register_tokens
         self.vit = create_dinov2_vit(
             spec, num_register_tokens, patch_size, drop_path_rate=drop_path_rate,
-            pretrain_img_size=pretrain_img_size,
+            pretrain_img_size=pretrain_img_size, layer_scale_init=layer_scale_init,
         )
         self._take = resolve_block_indices(out_indices, spec.depth)
         # Prune before loading: blocks after the last used one, the head and the unused final norm.
@@ -127,6 +131,7 @@ class DINOv2Backbone(Backbone):
             embed_dim=c.EMBED_DIM or None,
             depth=c.DEPTH or None,
             num_heads=c.NUM_HEADS or None,
+            layer_scale_init=c.LAYER_SCALE_INIT,
         )
 
     # ------------------------------------------------------------------ weights

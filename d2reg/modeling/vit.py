@@ -154,6 +154,7 @@ def create_dinov2_vit(
     drop_path_rate: float = 0.0,
     pretrain_img_size: int = PRETRAIN_IMG_SIZE,
     legacy_pos_interp: Optional[bool] = None,
+    layer_scale_init: float = 1e-5,
     **overrides,
 ) -> DINOv2VisionTransformer:
     """Build a randomly initialised DINOv2 ViT in timm's layout (weights are loaded separately).
@@ -161,6 +162,8 @@ def create_dinov2_vit(
     The position-embedding table keeps the pre-training grid (37x37 for 518 px at patch 14) whatever
     ``patch_size`` is; it is interpolated to the input's grid at run time, as in the official code.
     ``legacy_pos_interp`` defaults to the official choice: True without registers, False with.
+    ``layer_scale_init`` is the LayerScale gammas' initial value: DINOv2's 1e-5 (irrelevant once
+    weights are loaded); a randomly initialised model trained briefly learns far faster with ~0.1–1.
     """
     spec = get_arch(arch, **overrides)
     grid = pretrain_img_size // PRETRAIN_PATCH_SIZE
@@ -177,7 +180,7 @@ def create_dinov2_vit(
         embed_dim=spec.embed_dim,
         depth=spec.depth,
         num_heads=spec.num_heads,
-        init_values=1e-5,
+        init_values=layer_scale_init,
         reg_tokens=num_register_tokens,
         no_embed_class=num_register_tokens > 0,
         drop_path_rate=drop_path_rate,
