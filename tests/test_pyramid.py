@@ -71,6 +71,18 @@ def test_patch14_with_four_scales_raises_clear_error():
     assert "power-of-two strides" in msg and "14" in msg and "patch_size=16" in msg
 
 
+def test_patch8_three_scales_top_block_pools_coarsest_level():
+    """Upstream's LastLevelMaxPool reads "p5"; with patch 8 and (2, 1, 0.5) the levels are p2-p4."""
+    model = SimpleFeaturePyramid(_net(patch_size=8), "last_feat", 32, (2.0, 1.0, 0.5),
+                                 top_block=LastLevelMaxPool(), norm="LN").eval()
+    assert {k: s.stride for k, s in model.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+    sizes = {k: tuple(v.shape[-2:]) for k, v in out.items()}
+    assert sizes == {"p2": (16, 24), "p3": (8, 12), "p4": (4, 6), "p5": (2, 3)}
+    torch.testing.assert_close(out["p5"], torch.nn.functional.max_pool2d(out["p4"], 1, 2))
+
+
 def test_patch14_single_scale():
     net = _net(patch_size=14)
     model = SimpleFeaturePyramid(net, "last_feat", 32, (1.0,), top_block=None, norm="LN").eval()

@@ -127,10 +127,11 @@ def test_dinov2_file_as_model_weights_loads_backbone(write_ckpt, tmp_path, layou
     from d2reg.engine import D2RegCheckpointer
 
     path, _ = write_ckpt(name, layout, embed_dim=64, depth=3, num_heads=2)
-    _, model = _tiny_model("OUTPUT_DIR", str(tmp_path / "out"))
+    cfg, model = _tiny_model("OUTPUT_DIR", str(tmp_path / "out"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     D2RegCheckpointer(model).load(path)
-    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=path).vit.state_dict()
+    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=path,
+                              patch_size=cfg.MODEL.D2REG.PATCH_SIZE).vit.state_dict()
     got = model.backbone.net.vit.state_dict()
     assert expected.keys() == got.keys()
     for k in expected:
@@ -147,7 +148,8 @@ def test_dinov2_file_through_train_net(write_ckpt, tiny_synth, tmp_path):
     cfg, _ = _tiny_model("MODEL.WEIGHTS", path, "OUTPUT_DIR", str(tmp_path / "o"), "SOLVER.MAX_ITER", "1")
     trainer = D2RegTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=path).vit.state_dict()
+    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=path,
+                              patch_size=cfg.MODEL.D2REG.PATCH_SIZE).vit.state_dict()
     got = trainer.model.backbone.net.vit.state_dict()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
@@ -183,9 +185,11 @@ def test_convert_checkpoint_for_stock_detectron2(write_ckpt, tmp_path):
 
     src, _ = write_ckpt("hf.safetensors", "hf", embed_dim=64, depth=2, num_heads=2)
     out = str(tmp_path / "d2.pth")
-    load_tool("convert_checkpoint").main([src, out, "--patch-size", "16"])
-    _, model = _tiny_model("OUTPUT_DIR", str(tmp_path / "out"))
+    cfg, model = _tiny_model("OUTPUT_DIR", str(tmp_path / "out"))
+    patch = cfg.MODEL.D2REG.PATCH_SIZE
+    load_tool("convert_checkpoint").main([src, out, "--patch-size", str(patch)])
     DetectionCheckpointer(model).load(out)
-    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=src).vit.state_dict()
+    expected = DINOv2Backbone(arch="vit_small", embed_dim=64, depth=2, num_heads=2, weights=src,
+                              patch_size=patch).vit.state_dict()
     got = model.backbone.net.vit.state_dict()
     assert all(torch.equal(expected[k], got[k]) for k in expected)

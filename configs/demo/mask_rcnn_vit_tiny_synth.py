@@ -1,5 +1,5 @@
-"""LazyConfig twin of mask_rcnn_vit_tiny_synth.yaml (for tools/lazyconfig_train_net.py): a small
-ViT-reg (384-dim, 4 blocks, 6 heads, 4 registers, patch 16) + simple feature pyramid (128 channels)
+"""LazyConfig twin of mask_rcnn_vit_tiny_synth.yaml (for tools/lazyconfig_train_net.py): a tiny
+ViT-reg (192-dim, 4 blocks, 3 heads, 4 registers, patch 8) + simple feature pyramid (128 channels, p2-p5)
 + slim Mask R-CNN (detectron2's model_zoo ``mask_rcnn_fpn`` with smaller heads), trained from
 scratch on the synthetic shapes (``d2reg_synth_train``, 192-px images) on a CPU.
 
@@ -35,18 +35,20 @@ model.pixel_std = [58.395, 57.12, 57.375]
 model.input_format = "RGB"
 model.backbone = L(SimpleFeaturePyramid)(
     net=L(DINOv2Backbone)(
-        arch="vit_small", embed_dim=384, depth=4, num_heads=6, num_register_tokens=4, patch_size=16, weights=None,
+        arch="vit_small", embed_dim=192, depth=4, num_heads=3, num_register_tokens=4, patch_size=8, weights=None,
         layer_scale_init=1.0,  # random init: DINOv2's 1e-5 leaves the blocks ~identity for a short run
     ),
     in_feature="last_feat",
     out_channels=C,
-    scale_factors=(4.0, 2.0, 1.0, 0.5),
-    top_block=L(LastLevelMaxPool)(),
+    scale_factors=(2.0, 1.0, 0.5),  # stride 8 -> p2, p3, p4
+    top_block=L(LastLevelMaxPool)(),  # p5
     norm="LN",
 )
 rpn = model.proposal_generator
 rpn.head.in_channels = C
-rpn.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
+rpn.in_features = ["p2", "p3", "p4", "p5"]
+rpn.anchor_generator.sizes = [[16], [32], [64], [128]]
+rpn.anchor_generator.strides = [4, 8, 16, 32]
 rpn.batch_size_per_image = 128
 rpn.pre_nms_topk = (1000, 500)
 rpn.post_nms_topk = (256, 100)
@@ -89,9 +91,11 @@ dataloader.test = L(build_detection_test_loader)(
 dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False)
 
 train = model_zoo.get_config("common/train.py").train
-train.init_checkpoint = ""  # or an official / timm / HF DINOv2 ViT-S file (D2RegCheckpointer: first 4 blocks)
+# or an official / timm / HF DINOv2 file (D2RegCheckpointer: its first 4 blocks) with the backbone at its
+# width, e.g. ViT-S: model.backbone.net.embed_dim=384 model.backbone.net.num_heads=6
+train.init_checkpoint = ""
 train.output_dir = "output/demo_instance_lazy"
-train.max_iter = 400
+train.max_iter = 800
 train.eval_period = 0  # evaluate once, at the end
 train.checkpointer.period = 100000
 train.device = "cpu"
@@ -103,7 +107,7 @@ optimizer.params._target_ = get_d2reg_optimizer_params  # layer decay (lr_decay=
 optimizer.params.base_lr = "${..lr}"
 optimizer.params.lr_decay = 1.0
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[340], num_updates=400),
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[700], num_updates=800),
     warmup_length=20 / train.max_iter,
     warmup_factor=0.01,
 )

@@ -18,6 +18,8 @@ class SimpleFeaturePyramid(d2_vit.SimpleFeaturePyramid):
       ``"size_divisiblity"`` and never sets ``size_divisibility``, so ``ImageList`` pads nothing
       unless ``square_pad > 0`` and odd-sized images break the 0.5x level / top block alignment.
     - a clear error when the input stride cannot make a power-of-two pyramid (patch 14).
+    - ``LastLevelMaxPool`` pools the coarsest level whatever its name (upstream reads "p5" only, so
+      e.g. patch 8 with scale factors (2, 1, 0.5), levels p2-p4, failed with an IndexError).
     - ``from_config`` for YACS (``MODEL.D2REG.*``), so one class serves kwargs, YACS and LazyCall.
     """
 
@@ -32,6 +34,11 @@ class SimpleFeaturePyramid(d2_vit.SimpleFeaturePyramid):
                 f"factors {tuple(scale_factors)} gives {strides}. With a DINOv2 patch-14 checkpoint use "
                 "patch_size=16 (the kernel is resampled, MODEL.D2REG.PATCH_SIZE 16), or scale_factors=(1.0,)."
             )
+        levels = [f"p{int(math.log2(s))}" for s in strides]
+        if isinstance(top_block, LastLevelMaxPool):
+            top_block.in_feature = levels[-1]  # upstream hard-codes "p5"; it pools the coarsest level
+        elif top_block is not None and getattr(top_block, "in_feature", levels[-1]) not in levels:
+            raise ValueError(f"top_block reads {top_block.in_feature!r}, but the pyramid's levels are {levels}.")
         super().__init__(net, in_feature, out_channels, list(scale_factors), top_block, norm, square_pad)
 
     @classmethod
