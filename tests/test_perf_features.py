@@ -148,7 +148,7 @@ def test_flop_count_includes_attention(tiny_kwargs):
 
 
 def test_cpu_peak_memory_sees_a_large_tensor():
-    from d2reg.benchmark import _CpuPeak
+    from d2reg.benchmark.measure import _CpuPeak
 
     meter = _CpuPeak()
     if not meter.available:

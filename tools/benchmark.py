@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput, peak memory and FLOPs of the d2reg backbone against bare timm, patch 14 and
 transformers; activation checkpointing and windowed attention; the machine's matmul FLOP/s as the
-ceiling. Writes a JSON report and prints markdown tables (see d2reg/benchmark.py for the method).
+ceiling. Writes a JSON report and prints markdown tables (see d2reg/benchmark/__init__.py for the method).
 
 Examples:
   python tools/benchmark.py                                   # ViT-S, 1024^2, batch 1, every case

@@ -1,0 +1,56 @@
+"""Speed, memory and FLOP benchmark of the d2reg backbone against the alternatives.
+
+Used by ``tools/benchmark.py`` (the CLI); the pieces are importable for tests and notebooks.
+
+Cases (all random-initialised, nothing is downloaded), per input size S and batch size B:
+
+=============  ==============================================================================
+d2reg          :class:`DINOv2Backbone` at patch 16, input S rounded up to a multiple of 16
+d2reg+sfp      the same inside detectron2's simple feature pyramid (p2-p6, 256 channels)
+timm           bare timm ``vit_*_patch14_reg4_dinov2`` built at patch 16 for exactly that input
+               size (no position-embedding interpolation at run time), ``forward_features``
+d2reg-p14      :class:`DINOv2Backbone` at patch 14 with S rounded to the nearest multiple of 14
+               (what users run without the 14->16 resize: 1022 for 1024)
+hf             transformers' ``Dinov2WithRegistersBackbone`` (SDPA attention) at patch 16 and the
+               d2reg input size: the same tokens, another implementation (skipped if not installed)
+d2reg-ckpt     d2reg with per-block activation checkpointing (training step only)
+d2reg-win      d2reg with 14x14 windowed attention, ViTDet's 4 global blocks
+=============  ==============================================================================
+
+Timings: ``warmup`` untimed rounds, then ``repeats`` rounds in which every case runs once, the
+order alternating A,B,..,B,A so that drift in a shared machine's load hits all cases alike; the
+median is reported. Forward runs under ``torch.inference_mode``; the training step is forward +
+backward of the mean of the outputs (parameter gradients set to None before each step).
+``--dtype bf16`` runs under ``torch.autocast`` (weights stay fp32, as in mixed-precision training).
+
+Memory: peak CUDA ``max_memory_allocated`` above the allocation before the step, or on the CPU the
+peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) above the RSS before the
+step. For the CPU numbers glibc's ``mmap`` threshold is pinned to 1 MiB in the memory pass (which
+runs after all timings), so freed activations go back to the OS and RSS follows live tensors.
+
+FLOPs: fvcore's ``FlopCountAnalysis``, which counts one multiply-add as one "flop" (MACs), plus a
+handle for ``aten::scaled_dot_product_attention`` that fvcore lacks: ``q @ k^T`` and ``attn @ v``
+are ``B*heads*Lq*Lk*d`` MACs each (the softmax is not counted, as fvcore counts no elementwise op).
+Reported GMAC are these MACs; achieved FLOP/s = 2 * MACs / time, compared with the machine's own
+dense matmul FLOP/s (``2 n^3 / t``) as the ceiling.
+"""
+from .measure import count_macs, kernel_flops, matmul_flops, sdpa_flop_jit, time_interleaved
+from .report import evaluate_targets, format_report, save_report
+from .run import ALL_CASES, STEP_CASES, WINDOW_SIZE, Case, make_cases, run_benchmark
+
+__all__ = [
+    "ALL_CASES",
+    "STEP_CASES",
+    "WINDOW_SIZE",
+    "Case",
+    "count_macs",
+    "evaluate_targets",
+    "format_report",
+    "kernel_flops",
+    "make_cases",
+    "matmul_flops",
+    "run_benchmark",
+    "save_report",
+    "sdpa_flop_jit",
+    "time_interleaved",
+]

@@ -1,0 +1,290 @@
+"""Benchmark cases (d2reg, timm, HF, ...) and the interleaved timing / memory runs over them."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .measure import (
+    _autocast,
+    _CpuPeak,
+    _cuda_peak,
+    _matmul_probe,
+    _outputs,
+    count_macs,
+    kernel_flops,
+    matmul_flops,
+    time_interleaved,
+)
+from .report import evaluate_targets
+
+ALL_CASES = ("d2reg", "d2reg+sfp", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win")
+STEP_CASES = ("d2reg", "d2reg-ckpt", "d2reg-win")  # cases whose training step is timed by default
+WINDOW_SIZE = 14
+
+
+# ---------------------------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    """One model at one input size: ``build()`` -> module, ``call(module, x)`` -> outputs."""
+
+    name: str
+    size: int  # input side in pixels (square input)
+    patch: int
+    build: Callable[[], nn.Module]
+    call: Optional[Callable[[nn.Module, torch.Tensor], object]] = None  # None: module(x)
+    step: bool = True  # measure the training step (run_benchmark: if named in step_cases)
+    forward: bool = True  # measure the forward (run_benchmark: if named in cases)
+    module: Optional[nn.Module] = field(default=None, repr=False)
+
+    def run(self, module: nn.Module, x: torch.Tensor):
+        return module(x) if self.call is None else self.call(module, x)
+
+    def get(self, device) -> nn.Module:
+        if self.module is None:
+            torch.manual_seed(0)
+            self.module = self.build().to(device)
+        return self.module
+
+
+def _timm_name(arch: str, num_register_tokens: int) -> str:
+    base = {"vit_small": "vit_small", "vit_base": "vit_base", "vit_large": "vit_large", "vit_giant2": "vit_giant"}
+    return f"{base[arch]}_patch14_{'reg4_' if num_register_tokens else ''}dinov2"
+
+
+def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: int = 4,
+               arch_overrides: Optional[dict] = None, pretrain_img_size: int = 518) -> List[Case]:
+    """The benchmark's cases at input ``size`` (see the module doc); unknown names raise."""
+    from ..modeling import DINOv2Backbone, SimpleFeaturePyramid
+    from ..modeling.vit import get_arch
+    from ..modeling.window import default_window_block_indexes
+
+    arch_overrides = {k: v for k, v in (arch_overrides or {}).items() if v}
+    spec = get_arch(arch, **arch_overrides)
+    s16 = -(-size // 16) * 16
+    s14 = max(14, round(size / 14) * 14)
+    common = dict(arch=arch, num_register_tokens=num_register_tokens, pretrain_img_size=pretrain_img_size,
+                  **arch_overrides)
+
+    def backbone(**kw):
+        return lambda: DINOv2Backbone(**common, **kw)
+
+    def pyramid():
+        from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+
+        return SimpleFeaturePyramid(DINOv2Backbone(**common), "last_feat", 256, (4.0, 2.0, 1.0, 0.5),
+                                    LastLevelMaxPool(), "LN")
+
+    def bare_timm():
+        import timm
+
+        return timm.create_model(
+            _timm_name(arch, num_register_tokens), pretrained=False, patch_size=16, img_size=s16, num_classes=0,
+            embed_dim=spec.embed_dim, depth=spec.depth, num_heads=spec.num_heads,
+        )
+
+    def hf():
+        from transformers import Dinov2WithRegistersBackbone, Dinov2WithRegistersConfig
+
+        cfg = Dinov2WithRegistersConfig(
+            hidden_size=spec.embed_dim, num_hidden_layers=spec.depth, num_attention_heads=spec.num_heads,
+            patch_size=16, image_size=pretrain_img_size, num_register_tokens=num_register_tokens,
+            use_swiglu_ffn=spec.swiglu, layerscale_value=1e-5, out_features=[f"stage{spec.depth}"],
+        )
+        cfg._attn_implementation = "sdpa"
+        return Dinov2WithRegistersBackbone(cfg)
+
+    table = {
+        "d2reg": lambda: Case("d2reg", s16, 16, backbone()),
+        "d2reg+sfp": lambda: Case("d2reg+sfp", s16, 16, pyramid),
+        "timm": lambda: Case("timm", s16, 16, bare_timm, call=lambda m, x: m.forward_features(x)),
+        "d2reg-p14": lambda: Case("d2reg-p14", s14, 14, backbone(patch_size=14)),
+        "hf": lambda: Case("hf", s16, 16, hf),
+        "d2reg-ckpt": lambda: Case("d2reg-ckpt", s16, 16, backbone(use_act_checkpoint=True), forward=False),
+        "d2reg-win": lambda: Case("d2reg-win", s16, 16, backbone(
+            window_size=WINDOW_SIZE, window_block_indexes=default_window_block_indexes(spec.depth))),
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ValueError(f"unknown benchmark cases {unknown}; choose from {list(table)}")
+    cases = []
+    for n in names:
+        if n == "hf":
+            try:
+                import transformers  # noqa: F401
+            except ImportError:
+                continue
+        cases.append(table[n]())
+    return cases
+
+
+# ---------------------------------------------------------------------------------------- running
+def _forward_fn(case: Case, x: torch.Tensor, dtype: str) -> Callable[[], None]:
+    model = case.get(x.device).eval()
+
+    def run():
+        with torch.inference_mode(), _autocast(x.device, dtype):
+            case.run(model, x)
+
+    return run
+
+
+def _step_fn(case: Case, x: torch.Tensor, dtype: str) -> Callable[[], None]:
+    model = case.get(x.device).train()
+
+    def run():
+        for p in model.parameters():
+            p.grad = None
+        with _autocast(x.device, dtype):
+            outs = _outputs(case.run(model, x))
+        sum(o.float().mean() for o in outs).backward()
+
+    return run
+
+
+def _machine(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _loadavg() -> Optional[float]:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def run_benchmark(
+    arch: str = "vit_small",
+    sizes: Sequence[int] = (1024,),
+    batch_sizes: Sequence[int] = (1,),
+    cases: Sequence[str] = ALL_CASES,
+    step_cases: Sequence[str] = STEP_CASES,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    warmup: int = 1,
+    repeats: int = 3,
+    memory: bool = True,
+    flops: bool = True,
+    num_register_tokens: int = 4,
+    arch_overrides: Optional[dict] = None,
+    pretrain_img_size: int = 518,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the benchmark; returns a JSON-able dict (``machine``, ``ceiling``, ``results``, ``targets``)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available here")
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+    report = {
+        "config": dict(arch=arch, sizes=list(sizes), batch_sizes=list(batch_sizes), cases=list(cases),
+                       step_cases=list(step_cases), device=device, dtype=dtype, warmup=warmup, repeats=repeats,
+                       num_register_tokens=num_register_tokens, arch_overrides=arch_overrides or {}),
+        "machine": _machine(dev),
+        "loadavg_start": _loadavg(),
+        "ceiling": {},
+        "results": [],
+    }
+    log(f"machine: {report['machine']['cpu']}, {report['machine']['threads']} threads"
+        + (f", {report['machine']['gpu']}" if "gpu" in report["machine"] else ""))
+    report["ceiling"]["fp32"] = matmul_flops(dev, torch.float32)
+    if dtype == "bf16" or dev.type == "cuda":
+        report["ceiling"]["bf16"] = matmul_flops(dev, torch.bfloat16)
+    log("matmul ceiling: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in report["ceiling"].items()))
+
+    rows: List[dict] = []
+    pending_memory = []
+    for size in sizes:
+        names = list(dict.fromkeys(list(cases) + list(step_cases)))
+        size_cases = make_cases(arch, size, names, num_register_tokens, arch_overrides, pretrain_img_size)
+        for c in size_cases:
+            c.forward = c.forward and c.name in cases
+            c.step = c.step and c.name in step_cases
+        macs: Dict[str, Optional[dict]] = {}
+        if flops:
+            for c in [c for c in size_cases if c.forward]:
+                x1 = torch.randn(1, 3, c.size, c.size, device=dev)
+                model = c.get(dev).eval()
+                try:
+                    macs[c.name] = count_macs(model, x1, c.call)
+                except Exception as e:  # noqa: BLE001 - tracing of third-party models may fail
+                    log(f"  fvcore could not trace {c.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                    macs[c.name] = None
+        for bs in batch_sizes:
+            inputs = {c.name: torch.randn(bs, 3, c.size, c.size, device=dev) for c in size_cases}
+            fwd = {c.name: _forward_fn(c, inputs[c.name], dtype) for c in size_cases if c.forward}
+            t_fwd = {}
+            ceiling = report["ceiling"]["bf16" if dtype == "bf16" else "fp32"]
+            if fwd:
+                log(f"size {size}, batch {bs}: forward of {list(fwd)} ...")
+                probe, probe_flops = _matmul_probe(dev, torch.bfloat16 if dtype == "bf16" else torch.float32)
+                t_fwd = time_interleaved({**fwd, "_matmul": probe}, dev, warmup, repeats)
+                ceiling = probe_flops / statistics.median(t_fwd.pop("_matmul"))
+                report.setdefault("ceiling_interleaved", []).append(dict(size=size, batch=bs, flops=ceiling))
+                log(f"  matmul ceiling sampled among the forwards: {ceiling / 1e12:.3f} TFLOP/s")
+            steps = {c.name: _step_fn(c, inputs[c.name], dtype) for c in size_cases if c.step}
+            t_step = {}
+            if steps:
+                log(f"size {size}, batch {bs}: training step of {list(steps)} ...")
+                t_step = time_interleaved(steps, dev, warmup, repeats)
+            if "d2reg" in fwd:
+                from ..modeling.vit import get_arch
+
+                spec = get_arch(arch, **{k: v for k, v in (arch_overrides or {}).items() if v})
+                d2 = next(c for c in size_cases if c.name == "d2reg")
+                tokens = (d2.size // d2.patch) ** 2 + 1 + num_register_tokens
+                kern = kernel_flops(bs, tokens, spec.embed_dim, spec.num_heads, dev, dtype)
+                report.setdefault("kernels", []).append(dict(size=size, batch=bs, tokens=tokens, **kern))
+                log("  kernels: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in kern.items()))
+            for c in size_cases:
+                m = macs.get(c.name)
+                row = {"case": c.name, "size": size, "input": c.size, "patch": c.patch, "batch": bs,
+                       "tokens": (c.size // c.patch) ** 2,
+                       "gmac": m["total"] * bs / 1e9 if m else None,
+                       "attention_gmac": m["attention"] * bs / 1e9 if m else None,
+                       "fwd_times": t_fwd.get(c.name), "step_times": t_step.get(c.name)}
+                for key in ("fwd", "step"):
+                    ts = row[f"{key}_times"]
+                    row[f"{key}_s"] = statistics.median(ts) if ts else None
+                    row[f"{key}_ips"] = bs / row[f"{key}_s"] if ts else None
+                if row["gmac"] and row["fwd_s"]:
+                    row["fwd_tflops"] = 2 * row["gmac"] / row["fwd_s"] / 1e3
+                    row["fwd_ceiling_frac"] = row["fwd_tflops"] * 1e12 / ceiling
+                rows.append(row)
+                if memory:
+                    pending_memory.append((row, c, inputs[c.name]))
+        report["results"] = rows
+    if memory:
+        log("memory pass ...")
+        cpu_peak = _CpuPeak() if dev.type == "cpu" else None
+        if cpu_peak is not None:
+            cpu_peak.pin_mmap_threshold()
+        for row, c, x in pending_memory:
+            for key, make, wanted in (("fwd", _forward_fn, c.forward), ("step", _step_fn, c.step)):
+                if not wanted:
+                    continue
+                fn = make(c, x, dtype)
+                fn()  # first call allocates lazily created state (grads, caches)
+                peak = cpu_peak.measure(fn) if cpu_peak is not None else _cuda_peak(fn, dev)
+                row[f"{key}_peak_mib"] = peak / 2 ** 20 if peak is not None else None
+    for c_row in rows:
+        c_row.setdefault("fwd_peak_mib", None)
+        c_row.setdefault("step_peak_mib", None)
+    report["loadavg_end"] = _loadavg()
+    report["results"] = rows
+    report["targets"] = evaluate_targets(rows, report["ceiling"], dtype)
+    return report
