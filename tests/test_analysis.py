@@ -294,3 +294,15 @@ def test_inputs_glob_dataset_resize_and_random_init(files, tmp_path, capsys):
     model = load_model("", arch="vit_small", registers=2, depth=1, patch_size=16)
     assert "RANDOMLY INITIALISED" in capsys.readouterr().out
     assert model.num_prefix_tokens == 3 and model.grid(33, 48) == (3, 3)
+
+
+def test_heatmap_blocks_choice():
+    from d2reg.analysis.norms_report import heatmap_blocks
+
+    outl = [[{"image": "a", "block": b} for b in range(2, 12)], [{"image": "b", "block": 1}]]
+    assert heatmap_blocks("all", 4, outl, "a") == [0, 1, 2, 3]
+    assert heatmap_blocks("0,-1,5", 12, outl, "a") == [0, 5, 11]
+    assert heatmap_blocks("auto", 12, outl, "b") == [1]
+    assert heatmap_blocks("auto", 12, outl, "c") == [11]  # no outliers: the last block
+    spread = heatmap_blocks("auto", 12, outl, "a")
+    assert len(spread) == 8 and spread[0] == 2 and spread[-1] == 11 and spread == sorted(set(spread))

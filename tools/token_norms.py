@@ -19,7 +19,6 @@ import os
 import sys
 
 import numpy as np
-from tabulate import tabulate
 from tqdm import tqdm
 
 from d2reg.analysis import (
@@ -35,13 +34,10 @@ from d2reg.analysis import (
     token_norms,
 )
 from d2reg.analysis.norms import summary, write_csv, write_json
+from d2reg.analysis.norms_report import format_norm_report, heatmap_blocks, norms_meta
 from d2reg.analysis.plots import plot_neighbour_cosine, plot_norm_by_block, plot_norm_distribution, plot_norm_heatmaps
 
 DEFAULT_THRESHOLD = 150.0
-POST_NOTE = ("post-final-norm: tokens after the final LayerNorm, as get_intermediate_layers(norm=True) returns them; "
-             "the LayerNorm rescales tokens to similar lengths and usually HIDES the high-norm outliers")
-PRE_NOTE = ("pre-final-norm: raw residual-stream tokens at each block's output (no final LayerNorm), where the "
-            "high-norm outliers show; get_intermediate_layers(norm=True) would hide them (see --post-norm)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,75 +74,6 @@ def analyse(model, images, args):
     return results, thresholds, stats, outliers, sim
 
 
-def meta(model, images, args, thresholds, sim) -> dict:
-    if args.relative is not None:
-        threshold = {"mode": "relative", "k": args.relative, "per_block": thresholds,
-                     "rule": "norm > k x block median (median over all images' patch tokens)"}
-    else:
-        threshold = {"mode": "absolute", "value": thresholds[0], "rule": "norm > value"}
-    info = model.info
-    return {
-        "norm": "post-final-norm" if args.post_norm else "pre-final-norm",
-        "norm_note": POST_NOTE if args.post_norm else PRE_NOTE,
-        "tokens": "patch tokens only (CLS / registers: cls_norm / register_norm per block); blocks are 0-based, "
-                  "row/col on the patch grid",
-        "threshold": threshold,
-        "model": {"weights": model.weights or None, "arch": model.spec.name, "embed_dim": model.spec.embed_dim,
-                  "depth": model.depth, "num_heads": model.spec.num_heads, "registers": model.num_register_tokens,
-                  "patch_size": model.patch_size, "checkpoint_format": info.format if info else None},
-        "images": [{"name": im.name, "source": im.source, "height": im.size[0], "width": im.size[1],
-                    "rows": model.grid(*im.size)[0], "cols": model.grid(*im.size)[1]} for im in images],
-        "neighbour_similarity": {k: v for k, v in sim.items() if not k.endswith("_values")},
-    }
-
-
-def print_report(label, args, stats, outliers, sim, images) -> None:
-    print(f"\n== {label}\n   norms: {POST_NOTE if args.post_norm else PRE_NOTE}")
-    thr = f"> {args.relative:g} x block median" if args.relative is not None else f"> {stats[0]['threshold']:g}"
-    keys = ["block", "min", "median", "p99", "max", "threshold", "num_outliers", "outlier_fraction", "cls_norm",
-            "register_norm"]
-    cols = ["block", "min", "median", "p99", "max", "threshold", "outliers", "fraction", "CLS", "registers"]
-    rows = [[s.get(k, "-") for k in keys] for s in stats]
-    for r in rows:
-        r[7] = f"{100 * r[7]:.2f}%"
-    print(f"   patch-token L2 norms per block, outlier: norm {thr}")
-    print(tabulate(rows, headers=cols, tablefmt="github", floatfmt=".1f"))
-    o, n = sim["outlier"], sim["normal"]
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"\n   neighbour similarity (paper Fig. 5a): mean cosine to the 4 neighbours at the patch-embedding output "
-          f"(before position embeddings), tokens classed by block {sim['block']}:")
-    print(tabulate([["outlier", o["count"], fmt(o["mean"]), fmt(o["median"])],
-                    ["normal", n["count"], fmt(n["mean"]), fmt(n["median"])]],
-                   headers=["tokens", "count", "mean cos", "median cos"], tablefmt="github"))
-    by_image = {}
-    for d in outliers:
-        by_image.setdefault(d["image"], []).append(d)
-    print(f"\n   outlier positions per image (row, col on the patch grid) at block {sim['block']}:")
-    for im in images[:20]:
-        found = by_image.get(im.name, [])
-        blocks = sorted({d["block"] for d in found})
-        at_ref = sorted((d for d in found if d["block"] == sim["block"]), key=lambda d: -d["norm"])
-        pos = ", ".join(f"({d['row']},{d['col']}) {d['norm']:.0f}" for d in at_ref[:8])
-        more = f" (+{len(at_ref) - 8})" if len(at_ref) > 8 else ""
-        span = f"blocks {blocks[0]}..{blocks[-1]} ({len(blocks)} with outliers)" if blocks else "no outliers"
-        print(f"   {im.name}: {span}; {pos or '-'}{more}")
-    if len(images) > 20:
-        print(f"   ... {len(images) - 20} more images in outliers.csv")
-
-
-def heatmap_blocks(spec: str, depth: int, outliers_per_model, image_name: str):
-    if spec == "all":
-        return list(range(depth))
-    if spec != "auto":
-        return sorted({int(b) % depth for b in spec.split(",")})
-    blocks = sorted({d["block"] for outl in outliers_per_model for d in outl if d["image"] == image_name})
-    if not blocks:
-        return [depth - 1]
-    if len(blocks) > 8:
-        blocks = [blocks[i] for i in np.linspace(0, len(blocks) - 1, 8).round().astype(int)]
-    return blocks
-
-
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.threshold is None and args.relative is None:
@@ -163,12 +90,13 @@ def main(argv=None) -> dict:
                            args.embed_dim, args.depth, args.num_heads)
         results, thresholds, stats, outliers, sim = analyse(model, images, args)
         os.makedirs(folder, exist_ok=True)
-        result = summary(stats, outliers, meta(model, images, args, thresholds, sim))
+        result = summary(stats, outliers, norms_meta(model, images, args.post_norm, args.relative, thresholds, sim))
         write_json(result, os.path.join(folder, "summary.json"))
         write_csv(stats, os.path.join(folder, "block_norms.csv"))
         write_csv(outliers, os.path.join(folder, "outliers.csv"), fields=("image", "block", "row", "col", "norm"))
         label = model.short_label if model.short_label not in done else f"{model.short_label} [B]"
-        print_report(model.label, args, stats, outliers, sim, images)
+        print(format_norm_report(model.label, stats, outliers, sim, [im.name for im in images], args.post_norm,
+                                 args.relative))
         done[label] = dict(results=results, thresholds=thresholds, stats=stats, outliers=outliers, sim=sim,
                            patch=model.patch_size, summary=result)
         del model

@@ -29,6 +29,7 @@ from .norms import (
     reference_block,
     token_norms,
 )
+from .norms_report import format_norm_report, heatmap_blocks, norms_meta
 from .pca import PCAResult, block_features, fit_pca, pca_rgb
 
 __all__ = [
@@ -48,11 +49,14 @@ __all__ = [
     "common_parser",
     "find_outliers",
     "fit_pca",
+    "format_norm_report",
+    "heatmap_blocks",
     "last_block_attention",
     "load_images",
     "load_model",
     "load_model_from_args",
     "neighbour_cosine",
+    "norms_meta",
     "outlier_neighbour_similarity",
     "output_dir",
     "pca_rgb",
