@@ -34,7 +34,7 @@ from d2reg.analysis import (
     token_norms,
 )
 from d2reg.analysis.norms import summary, write_csv, write_json
-from d2reg.analysis.norms_report import format_norm_report, heatmap_blocks, norms_meta
+from d2reg.analysis.norms_report import format_norm_report, heatmap_blocks, norm_mode, norms_meta
 from d2reg.analysis.plots import plot_neighbour_cosine, plot_norm_by_block, plot_norm_distribution, plot_norm_heatmaps
 
 DEFAULT_THRESHOLD = 150.0
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
 
 
 def write_plots(done: dict, images, args, out: str) -> None:
-    mode = "post-final-norm" if args.post_norm else "pre-final-norm"
+    mode = norm_mode(args.post_norm)
     thresholds = {k: v["thresholds"] for k, v in done.items()}
     series = {k: [np.concatenate([r.norms[b].ravel() for r in v["results"]]) for b in range(len(v["stats"]))]
               for k, v in done.items()}

@@ -10,12 +10,22 @@ from tabulate import tabulate
 
 from .common import AnalysisModel, InputImage
 
-__all__ = ["POST_NOTE", "PRE_NOTE", "format_norm_report", "heatmap_blocks", "norms_meta"]
+__all__ = ["POST_NOTE", "PRE_NOTE", "format_norm_report", "heatmap_blocks", "norm_mode", "norms_meta"]
 
 POST_NOTE = ("post-final-norm: tokens after the final LayerNorm, as get_intermediate_layers(norm=True) returns them; "
              "the LayerNorm rescales tokens to similar lengths and usually HIDES the high-norm outliers")
 PRE_NOTE = ("pre-final-norm: raw residual-stream tokens at each block's output (no final LayerNorm), where the "
             "high-norm outliers show; get_intermediate_layers(norm=True) would hide them (see --post-norm)")
+
+
+def norm_mode(post_norm: bool) -> str:
+    """Where the norms were taken: ``"post-final-norm"`` or ``"pre-final-norm"``."""
+    return "post-final-norm" if post_norm else "pre-final-norm"
+
+
+def _image_meta(model: AnalysisModel, im: InputImage) -> dict:
+    (height, width), (rows, cols) = im.size, model.grid(*im.size)
+    return {"name": im.name, "source": im.source, "height": height, "width": width, "rows": rows, "cols": cols}
 
 
 def norms_meta(model: AnalysisModel, images: Sequence[InputImage], post_norm: bool, relative: Optional[float],
@@ -28,7 +38,7 @@ def norms_meta(model: AnalysisModel, images: Sequence[InputImage], post_norm: bo
         threshold = {"mode": "absolute", "value": thresholds[0], "rule": "norm > value"}
     info = model.info
     return {
-        "norm": "post-final-norm" if post_norm else "pre-final-norm",
+        "norm": norm_mode(post_norm),
         "norm_note": POST_NOTE if post_norm else PRE_NOTE,
         "tokens": "patch tokens only (CLS / registers: cls_norm / register_norm per block); blocks are 0-based, "
                   "row/col on the patch grid",
@@ -36,8 +46,7 @@ def norms_meta(model: AnalysisModel, images: Sequence[InputImage], post_norm: bo
         "model": {"weights": model.weights or None, "arch": model.spec.name, "embed_dim": model.spec.embed_dim,
                   "depth": model.depth, "num_heads": model.spec.num_heads, "registers": model.num_register_tokens,
                   "patch_size": model.patch_size, "checkpoint_format": info.format if info else None},
-        "images": [{"name": im.name, "source": im.source, "height": im.size[0], "width": im.size[1],
-                    "rows": model.grid(*im.size)[0], "cols": model.grid(*im.size)[1]} for im in images],
+        "images": [_image_meta(model, im) for im in images],
         "neighbour_similarity": {k: v for k, v in sim.items() if not k.endswith("_values")},
     }
 
