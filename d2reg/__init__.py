@@ -4,13 +4,14 @@ Importing d2reg registers ``build_d2reg_sfp_backbone`` and ``build_d2reg_vit_bac
 ``BACKBONE_REGISTRY`` and ``LinearSemSegHead`` in ``SEM_SEG_HEADS_REGISTRY``.
 """
 from .checkpoint import CheckpointError, CheckpointInfo, load_dinov2_checkpoint
-from .config import add_d2reg_config, build_d2reg_sfp_backbone
+from .config import add_d2reg_config
 from .modeling import (
     ARCHS,
     DINOv2Backbone,
     LinearSemSegHead,
     SimpleFeaturePyramid,
     ViTArch,
+    build_d2reg_sfp_backbone,
     build_d2reg_vit_backbone,
     create_dinov2_vit,
 )

@@ -1,16 +1,22 @@
-"""YACS support: ``add_d2reg_config`` and the ``build_d2reg_sfp_backbone`` builder."""
+"""``add_d2reg_config``: every YACS key d2reg adds to a detectron2 config (model and solver).
+
+The YACS builders sit beside their classes: ``build_d2reg_sfp_backbone`` in
+:mod:`d2reg.modeling.pyramid`, ``build_d2reg_vit_backbone`` in :mod:`d2reg.modeling.semseg`.
+"""
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
-from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY
 
-__all__ = ["add_d2reg_config", "build_d2reg_sfp_backbone"]
+__all__ = ["add_d2reg_config"]
 
 
 def add_d2reg_config(cfg: CN) -> CN:
-    """Add ``cfg.MODEL.D2REG.*`` (the :class:`d2reg.DINOv2Backbone` kwargs, upper-case) and
-    ``cfg.MODEL.D2REG.SFP.*`` (the simple feature pyramid) to a detectron2 config, in place."""
+    """Add ``cfg.MODEL.D2REG.*`` (the :class:`d2reg.DINOv2Backbone` kwargs, upper-case),
+    ``cfg.MODEL.D2REG.SFP.*`` (the simple feature pyramid) and the solver keys detectron2 lacks
+    (``SOLVER.OPTIMIZER`` "SGD" | "ADAMW", ``SOLVER.BETAS``) to a detectron2 config, in place.
+    Idempotent: keys already present keep their values."""
+    if "D2REG" in cfg.MODEL:
+        return cfg
     cfg.MODEL.D2REG = CN()
     c = cfg.MODEL.D2REG
     c.ARCH = "vit_small"
@@ -37,15 +43,8 @@ def add_d2reg_config(cfg: CN) -> CN:
     c.SFP.TOP_BLOCK = True  # LastLevelMaxPool: p6
     c.SFP.NORM = "LN"
     c.SFP.SQUARE_PAD = 0
+    if "OPTIMIZER" not in cfg.SOLVER:
+        cfg.SOLVER.OPTIMIZER = "SGD"  # detectron2's behaviour; "ADAMW" for the ViTDet recipes
+    if "BETAS" not in cfg.SOLVER:
+        cfg.SOLVER.BETAS = (0.9, 0.999)  # AdamW betas
     return cfg
-
-
-@BACKBONE_REGISTRY.register()
-def build_d2reg_sfp_backbone(cfg: CN, input_shape: ShapeSpec):
-    """``MODEL.BACKBONE.NAME: "build_d2reg_sfp_backbone"``: DINOv2Backbone inside a simple feature
-    pyramid (p2-p6 with the default scale factors)."""
-    from .modeling.pyramid import SimpleFeaturePyramid
-
-    if input_shape.channels != 3:
-        raise ValueError(f"DINOv2 backbones take 3-channel images; MODEL.PIXEL_MEAN has {input_shape.channels}.")
-    return SimpleFeaturePyramid(cfg)

@@ -88,12 +88,7 @@ def load_lazy(rel: str):
 def yacs_cfg(rel: str, *opts):
     """A YACS config as tools/train_net.py reads it (d2reg's training keys when available)."""
     cfg = get_cfg()
-    try:
-        from d2reg.engine import add_d2reg_train_config
-    except ImportError:  # the training helpers are optional for this test
-        add_d2reg_config(cfg)
-    else:
-        add_d2reg_train_config(cfg)
+    add_d2reg_config(cfg)
     cfg.merge_from_file(str(CONFIGS / rel))
     cfg.merge_from_list(list(opts))
     return cfg

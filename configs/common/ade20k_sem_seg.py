@@ -11,7 +11,7 @@ from detectron2.data import get_detection_dataset_dicts as dataset_dicts
 from detectron2.evaluation import SemSegEvaluator
 from omegaconf import OmegaConf
 
-from d2reg.engine.trainer import load_sem_seg_gt
+from d2reg.data import load_sem_seg_gt
 
 crop_size = 512
 

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 import d2reg.data  # noqa: F401  (registers d2reg_synth_*)
 from d2reg import DINOv2Backbone, SimpleFeaturePyramid
-from d2reg.engine import get_d2reg_optimizer_params
+from d2reg.solver import get_d2reg_optimizer_params
 
 C = 128  # pyramid channels
 SIZE = 192

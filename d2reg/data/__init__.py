@@ -9,6 +9,7 @@ Registered names (generated lazily, on first ``DatasetCatalog.get``, under ``$D2
   ``evaluator_type="sem_seg"``, ``stuff_classes = SYNTH_STUFF_CLASSES`` (background + 3 shapes,
   ``SYNTH_NUM_SEM_SEG_CLASSES = 4``), ``ignore_label=255``.
 """
+from .readers import load_sem_seg_gt
 from .register import SYNTH_DATASETS, prepare_synthetic_dataset, register_synthetic_datasets
 from .synthetic import (
     SYNTH_DEFAULTS,
@@ -32,6 +33,7 @@ __all__ = [
     "SYNTH_THING_CLASSES",
     "default_cache_dir",
     "generate_synthetic_dataset",
+    "load_sem_seg_gt",
     "prepare_synthetic_dataset",
     "register_synthetic_datasets",
     "render_scene",

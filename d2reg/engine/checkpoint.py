@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -21,23 +21,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..checkpoint import CheckpointError, CheckpointInfo, detect_format, infer_info, read_state_dict, to_timm
 from ..checkpoint.formats import D2_PREFIX, unwrap_state_dict
 from ..modeling.backbone import DINOv2Backbone, _short
+from ..solver import find_vit_backbone
 
-__all__ = ["D2RegCheckpointer", "RNGState", "convert_for_backbone", "convert_to_detectron2", "find_dinov2_backbone"]
+__all__ = ["D2RegCheckpointer", "RNGState", "convert_for_backbone", "convert_to_detectron2"]
 
 logger = logging.getLogger(__name__)
 
 DINOV2_FORMATS = ("official", "timm", "hf")
-
-
-def find_dinov2_backbone(model: torch.nn.Module) -> Tuple[Optional[str], Optional[DINOv2Backbone]]:
-    """(name, module) of the first :class:`DINOv2Backbone` inside ``model`` (DDP unwrapped), or
-    (None, None). The name is "" for the backbone itself, e.g. "backbone.net" in a Mask R-CNN."""
-    if hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    for name, m in model.named_modules():
-        if isinstance(m, DINOv2Backbone):
-            return name, m
-    return None, None
 
 
 def convert_for_backbone(
@@ -83,7 +73,7 @@ class D2RegCheckpointer(DetectionCheckpointer):
         backbone_only = fmt == "detectron2" and all(k.startswith(D2_PREFIX) for k in weights)
         if fmt not in DINOV2_FORMATS and not backbone_only:
             return loaded  # a detectron2 checkpoint of a whole model: loaded as is
-        name, backbone = find_dinov2_backbone(self.model)
+        name, backbone = find_vit_backbone(self.model)
         if backbone is None:
             raise CheckpointError(
                 f"{filename!r} is a DINOv2 checkpoint ({fmt} layout) but the model has no d2reg "

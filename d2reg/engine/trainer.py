@@ -5,43 +5,29 @@ from __future__ import annotations
 import logging
 import weakref
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
-from PIL import Image
 
 from ..config import add_d2reg_config
+from ..data.readers import load_sem_seg_gt
+from ..solver import build_optimizer
 from .checkpoint import D2RegCheckpointer, RNGState
 from .data import build_resumable_train_loader, resumed_data_iterator
 from .ddp import create_ddp_model
-from .optimizer import build_optimizer
 
-__all__ = ["D2RegTrainer", "add_d2reg_train_config", "build_evaluator", "load_sem_seg_gt", "setup_cfg"]
-
-
-def add_d2reg_train_config(cfg: CfgNode) -> CfgNode:
-    """Add the training keys detectron2's defaults lack, in place (and ``MODEL.D2REG`` if missing):
-    ``SOLVER.OPTIMIZER`` ("SGD", detectron2's behaviour, or "ADAMW") and ``SOLVER.BETAS``."""
-    if "D2REG" not in cfg.MODEL:
-        add_d2reg_config(cfg)
-    if "OPTIMIZER" not in cfg.SOLVER:
-        cfg.SOLVER.OPTIMIZER = "SGD"
-    if "BETAS" not in cfg.SOLVER:
-        cfg.SOLVER.BETAS = (0.9, 0.999)
-    return cfg
+__all__ = ["D2RegTrainer", "build_evaluator", "setup_cfg"]
 
 
 def setup_cfg(args) -> CfgNode:
     """detectron2 config + d2reg keys, merged with ``args.config_file`` and ``args.opts``, frozen;
     then ``default_setup`` (logging, seeding, config dump into OUTPUT_DIR)."""
     cfg = get_cfg()
-    add_d2reg_train_config(cfg)
+    add_d2reg_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -53,13 +39,6 @@ def setup_cfg(args) -> CfgNode:
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
-
-
-def load_sem_seg_gt(filename: str, dtype=int) -> np.ndarray:
-    """Ground-truth PNG -> array, for ``SemSegEvaluator(sem_seg_loading_fn=...)``. detectron2's default
-    loader calls ``np.array(..., copy=False)``, which NumPy >= 2 rejects for PIL images."""
-    with PathManager.open(filename, "rb") as f:
-        return np.asarray(Image.open(f), dtype=dtype)
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder=None):

@@ -1,5 +1,5 @@
 from .backbone import DINOv2Backbone
-from .pyramid import SimpleFeaturePyramid
+from .pyramid import SimpleFeaturePyramid, build_d2reg_sfp_backbone
 from .semseg import LinearSemSegHead, build_d2reg_vit_backbone
 from .vit import ARCHS, DINOv2VisionTransformer, ViTArch, create_dinov2_vit, interpolate_pos_embed
 
@@ -10,6 +10,7 @@ __all__ = [
     "LinearSemSegHead",
     "SimpleFeaturePyramid",
     "ViTArch",
+    "build_d2reg_sfp_backbone",
     "build_d2reg_vit_backbone",
     "create_dinov2_vit",
     "interpolate_pos_embed",

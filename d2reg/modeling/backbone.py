@@ -41,6 +41,8 @@ class DINOv2Backbone(Backbone):
     tokens visible; the official ``get_intermediate_layers(norm=True)`` normalises them away.
     """
 
+    checkpoint_family = "dinov2"  # which d2reg.checkpoint family loads into it
+
     @configurable
     def __init__(
         self,

@@ -5,10 +5,12 @@ import math
 from typing import Dict, Sequence
 
 from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import vit as d2_vit
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-__all__ = ["SimpleFeaturePyramid"]
+__all__ = ["SimpleFeaturePyramid", "build_d2reg_sfp_backbone"]
 
 
 class SimpleFeaturePyramid(d2_vit.SimpleFeaturePyramid):
@@ -63,3 +65,12 @@ class SimpleFeaturePyramid(d2_vit.SimpleFeaturePyramid):
     @property
     def padding_constraints(self) -> Dict[str, int]:
         return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
+
+
+@BACKBONE_REGISTRY.register()
+def build_d2reg_sfp_backbone(cfg, input_shape: ShapeSpec) -> SimpleFeaturePyramid:
+    """``MODEL.BACKBONE.NAME: "build_d2reg_sfp_backbone"``: the d2reg ViT (``MODEL.D2REG.*``) inside
+    a simple feature pyramid (p2-p6 with the default ``MODEL.D2REG.SFP.*``)."""
+    if input_shape.channels != 3:
+        raise ValueError(f"d2reg ViT backbones take 3-channel images; MODEL.PIXEL_MEAN has {input_shape.channels}.")
+    return SimpleFeaturePyramid(cfg)
