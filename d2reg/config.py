@@ -2,12 +2,22 @@
 
 The YACS builders sit beside their classes: ``build_d2reg_sfp_backbone`` in
 :mod:`d2reg.modeling.pyramid`, ``build_d2reg_vit_backbone`` in :mod:`d2reg.modeling.semseg`.
+
+``resolve_recipe``: the shipped YACS configs leave the per-size values to the recipe table
+(:mod:`d2reg.recipes`) with ``MODEL.D2REG.WEIGHTS "official"``, ``DROP_PATH_RATE -1``, ``LR_DECAY -1``;
+whatever builds a backbone or optimizer from a config resolves them through this one function.
 """
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_d2reg_config"]
+from .recipes import drop_path_rate, layer_decay, official_checkpoint
+
+__all__ = ["OFFICIAL_WEIGHTS", "add_d2reg_config", "resolve_recipe"]
+
+# MODEL.D2REG.WEIGHTS value meaning "the official checkpoint of FAMILY/ARCH/NUM_REGISTER_TOKENS under
+# $D2REG_CHECKPOINTS" (d2reg.recipes.official_checkpoint)
+OFFICIAL_WEIGHTS = "official"
 
 
 def add_d2reg_config(cfg: CN) -> CN:
@@ -19,14 +29,16 @@ def add_d2reg_config(cfg: CN) -> CN:
         return cfg
     cfg.MODEL.D2REG = CN()
     c = cfg.MODEL.D2REG
+    c.FAMILY = "dinov2"  # "dinov2" (DINOv2Backbone) | "dinov3" (DINOv3Backbone)
     c.ARCH = "vit_small"
     c.NUM_REGISTER_TOKENS = 4
     c.PATCH_SIZE = 16
     c.PATCH_RESIZE = "pi"
-    c.WEIGHTS = ""  # local DINOv2 checkpoint (official / timm / HF layout); "" = random init
+    # local checkpoint (official / timm / HF layout); "" = random init; "official" = the recipe's file
+    c.WEIGHTS = ""
     c.OUT_INDICES = [-1]
     c.FINAL_NORM = False
-    c.DROP_PATH_RATE = 0.0
+    c.DROP_PATH_RATE = 0.0  # < 0: the recipe's value for ARCH
     c.USE_ACT_CHECKPOINT = False
     c.FREEZE_AT = 0  # 0 none, 1 stem, k>1 stem + first k-1 blocks, -1 the whole ViT ("all")
     c.WINDOW_SIZE = 0
@@ -36,7 +48,7 @@ def add_d2reg_config(cfg: CN) -> CN:
     c.DEPTH = 0
     c.NUM_HEADS = 0
     c.LAYER_SCALE_INIT = 1e-5  # LayerScale gammas at random init (DINOv2's value); loaded weights replace it
-    c.LR_DECAY = 1.0  # layer-wise lr decay, read by tools/train_net.py (1.0: off)
+    c.LR_DECAY = 1.0  # layer-wise lr decay (1.0: off; < 0: the recipe's value for ARCH)
     c.SFP = CN()
     c.SFP.OUT_CHANNELS = 256
     c.SFP.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
@@ -48,3 +60,30 @@ def add_d2reg_config(cfg: CN) -> CN:
     if "BETAS" not in cfg.SOLVER:
         cfg.SOLVER.BETAS = (0.9, 0.999)  # AdamW betas
     return cfg
+
+
+def resolve_recipe(cfg: CN) -> CN:
+    """``cfg`` with the recipe placeholders of ``MODEL.D2REG`` replaced from :mod:`d2reg.recipes`
+    (by ``FAMILY``, ``ARCH``, ``NUM_REGISTER_TOKENS``): ``WEIGHTS "official"`` -> the official
+    checkpoint path, ``DROP_PATH_RATE < 0`` and ``LR_DECAY < 0`` -> the table's values.
+
+    ``cfg`` itself is not modified (it may be frozen): a resolved clone is returned, or ``cfg`` when
+    nothing is left to resolve. Idempotent."""
+    c = cfg.MODEL.D2REG
+    family = c.get("FAMILY", "dinov2")
+    resolved = {}
+    if c.WEIGHTS == OFFICIAL_WEIGHTS:
+        resolved["WEIGHTS"] = official_checkpoint(c.ARCH, c.NUM_REGISTER_TOKENS, family)
+    if c.DROP_PATH_RATE < 0:
+        resolved["DROP_PATH_RATE"] = drop_path_rate(c.ARCH, family)
+    if c.LR_DECAY < 0:
+        resolved["LR_DECAY"] = layer_decay(c.ARCH, family)
+    if not resolved:
+        return cfg
+    out = cfg.clone()
+    out.defrost()
+    for key, value in resolved.items():
+        setattr(out.MODEL.D2REG, key, value)
+    if cfg.is_frozen():
+        out.freeze()
+    return out

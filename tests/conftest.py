@@ -62,14 +62,14 @@ def tiny_maskrcnn_cfg():
     """``tiny_maskrcnn_cfg(**d2reg) -> cfg``: detectron2's model-zoo Mask R-CNN FPN config with the
     d2reg simple-feature-pyramid backbone (tiny ViT, 32 pyramid channels, small heads), on the CPU.
     Keyword arguments set ``cfg.MODEL.D2REG.<KEY>`` (e.g. ``WEIGHTS=path``, ``FREEZE_AT=1``)."""
-    from detectron2 import model_zoo
     from detectron2.config import get_cfg
 
     from d2reg import add_d2reg_config
+    from d2reg.zoo import get_config_file  # not detectron2.model_zoo: it needs pkg_resources
 
     def make(**d2reg):
         cfg = get_cfg()
-        cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+        cfg.merge_from_file(get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
         add_d2reg_config(cfg)
         cfg.MODEL.DEVICE = "cpu"
         cfg.MODEL.WEIGHTS = ""

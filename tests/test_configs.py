@@ -8,12 +8,15 @@ as configured. The every-config tests build on PyTorch's "meta" device (all cons
 no weight initialisation: random-initialising the 12.8M-weight box-head FCs of ~50 configs dominated
 the CPU time); a few configs are built on the CPU and run inference, the ViT-S recipe is built at
 full size once, and the default checkpoint paths and the register switch are exercised with tiny
-checkpoints on disk.
+checkpoints on disk. The per-size recipe (d2reg.recipes) is checked to follow ``arch`` /
+``num_register_tokens`` overrides in both config systems.
 configs/detrex needs detrex (not on PyPI): those files are skipped here when it is missing
 (tests/test_detrex_configs.py covers them).
 """
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -25,6 +28,8 @@ from detectron2.modeling import build_model
 from omegaconf import DictConfig, ListConfig
 
 from d2reg import DINOv2Backbone, add_d2reg_config
+from d2reg.config import resolve_recipe
+from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES, official_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -44,7 +49,7 @@ def test_configs_are_found():
     for needed in ("COCO/mask_rcnn_vit_s_100ep.py", "COCO/cascade_mask_rcnn_vit_l_100ep.py",
                    "ADE20k/linear_vit_b_40k.py", "ADE20k/sem_fpn_vit_g_80k.py"):
         assert needed in PY_CONFIGS
-    for needed in ("COCO/mask_rcnn_vit_s_100ep.yaml", "ADE20k/linear4_vit_l_40k_noreg.yaml"):
+    for needed in ("COCO/mask_rcnn_vit_b_100ep.yaml", "ADE20k/linear4_vit_b_40k.yaml"):
         assert needed in YAML_CONFIGS
 
 
@@ -85,13 +90,13 @@ def load_lazy(rel: str):
         raise
 
 
-def yacs_cfg(rel: str, *opts):
-    """A YACS config as tools/train_net.py reads it (d2reg's training keys when available)."""
+def yacs_cfg(rel: str, *opts, resolve: bool = True):
+    """A YACS config as tools/train_net.py reads it, recipe placeholders resolved (d2reg.config.resolve_recipe)."""
     cfg = get_cfg()
     add_d2reg_config(cfg)
     cfg.merge_from_file(str(CONFIGS / rel))
     cfg.merge_from_list(list(opts))
-    return cfg
+    return resolve_recipe(cfg) if resolve else cfg
 
 
 def image_batch(sizes=((96, 128),)):
@@ -132,7 +137,7 @@ def _yaml_bases() -> set:
         for line in text.splitlines():
             if line.startswith("_BASE_:"):
                 base = line.split(":", 1)[1].split("#")[0].strip().strip("\"'")
-                bases.add((Path(rel).parent / base).as_posix())
+                bases.add(os.path.normpath((Path(rel).parent / base).as_posix()))
     return bases
 
 
@@ -157,9 +162,13 @@ def _check_instances(outputs, sizes):
         assert {"pred_boxes", "scores", "pred_classes"} <= set(inst.get_fields())
 
 
-@pytest.mark.parametrize("rel", ["COCO/mask_rcnn_vit_s_100ep.py", "COCO/cascade_mask_rcnn_vit_b_100ep_noreg.py"])
-def test_lazyconfig_instance_seg_inference(rel):
-    cfg = load_lazy(rel)
+NOREG = "model.backbone.net.num_register_tokens=0"
+
+
+@pytest.mark.parametrize("rel, overrides", [("COCO/mask_rcnn_vit_s_100ep.py", []),
+                                             ("COCO/cascade_mask_rcnn_vit_b_100ep.py", [NOREG])])
+def test_lazyconfig_instance_seg_inference(rel, overrides):
+    cfg = LazyConfig.apply_overrides(load_lazy(rel), overrides)
     shrink(cfg)
     cfg.model.backbone.square_pad = 256  # the 1024 of the recipe, scaled down with the images
     cfg.model.proposal_generator.update(pre_nms_topk=(2000, 100), post_nms_topk=(1000, 16))
@@ -174,8 +183,8 @@ def test_lazyconfig_instance_seg_inference(rel):
 
 
 def test_yacs_instance_seg_inference():
-    cfg = yacs_cfg("COCO/cascade_mask_rcnn_vit_s_100ep.yaml", *TINY_YACS, *FEW_PROPOSALS_YACS,
-                   "MODEL.D2REG.SFP.SQUARE_PAD", 256)
+    cfg = yacs_cfg("COCO/cascade_mask_rcnn_vit_b_100ep.yaml", *TINY_YACS, *FEW_PROPOSALS_YACS,
+                   "MODEL.D2REG.SFP.SQUARE_PAD", 256, "MODEL.D2REG.ARCH", "vit_small")
     model = build_model(cfg).eval()
     sizes = [(100, 90)]
     with torch.no_grad():
@@ -183,10 +192,11 @@ def test_yacs_instance_seg_inference():
 
 
 @pytest.mark.parametrize("rel", ["ADE20k/linear4_vit_s_40k.py", "ADE20k/sem_fpn_vit_l_80k.py",
-                                 "ADE20k/linear_vit_g_40k_noreg.yaml", "ADE20k/sem_fpn_vit_s_80k.yaml"])
+                                 "ADE20k/linear_vit_b_40k.yaml", "ADE20k/sem_fpn_vit_b_80k.yaml"])
 def test_sem_seg_inference(rel):
     if rel.endswith(".yaml"):
-        model = build_model(yacs_cfg(rel, *TINY_YACS))
+        opts = ("MODEL.D2REG.ARCH", "vit_giant2", "MODEL.D2REG.NUM_REGISTER_TOKENS", 0)
+        model = build_model(yacs_cfg(rel, *TINY_YACS, *opts))
     else:
         cfg = load_lazy(rel)
         shrink(cfg)
@@ -202,7 +212,7 @@ def test_full_size_vit_s_mask_rcnn_and_its_optimizer():
     """ViT-S Mask R-CNN at its real size (random init): the right ViT, the ViTDet pyramid, and the
     layer-decay / weight-decay groups of the optimizer on the real parameter names."""
     cfg = load_lazy("COCO/mask_rcnn_vit_s_100ep.py")
-    assert cfg.model.backbone.net.weights.endswith("dinov2_vits14_reg4_pretrain.pth")
+    assert instantiate(cfg.model.backbone.net.weights).endswith("dinov2_vits14_reg4_pretrain.pth")
     cfg.model.backbone.net.weights = None
     model = instantiate(cfg.model)
     vit = model.backbone.net.vit
@@ -224,40 +234,80 @@ def test_full_size_vit_s_mask_rcnn_and_its_optimizer():
     assert cfg.dataloader.train.total_batch_size == 64 and cfg.train.max_iter == 184375
 
 
-def _recipe_of_lazy(cfg):
+# ---------------------------------------------------------------- the recipe follows arch / registers
+def _lazy_recipe(cfg):
+    """(weights, drop path, layer decay) the LazyConfig's backbone and optimizer resolve to."""
     net = cfg.model.backbone.net if "net" in cfg.model.backbone else cfg.model.backbone
-    f = cfg.optimizer.params.get("lr_factor_func")
-    return dict(arch=net.arch, registers=net.num_register_tokens, patch=net.patch_size,
-                drop_path=net.get("drop_path_rate", 0.0), decay=f.keywords["lr_decay_rate"] if f else 1.0,
-                weights=os.path.basename(net.weights), lr=cfg.optimizer.lr, wd=cfg.optimizer.weight_decay,
-                freeze=net.get("freeze_at", 0) in ("all", -1), out_indices=tuple(net.get("out_indices", (-1,))))
+    decay = cfg.optimizer.params.get("lr_decay", 1.0)
+    return instantiate(net.weights), instantiate(net.drop_path_rate), instantiate(decay)
 
 
-def _recipe_of_yacs(cfg):
+def _yacs_recipe(cfg):
     c = cfg.MODEL.D2REG
-    return dict(arch=c.ARCH, registers=c.NUM_REGISTER_TOKENS, patch=c.PATCH_SIZE, drop_path=c.DROP_PATH_RATE,
-                decay=c.LR_DECAY, weights=os.path.basename(c.WEIGHTS), lr=cfg.SOLVER.BASE_LR,
-                wd=cfg.SOLVER.WEIGHT_DECAY, freeze=c.FREEZE_AT == -1, out_indices=tuple(c.OUT_INDICES))
+    return c.WEIGHTS, c.DROP_PATH_RATE, c.LR_DECAY
 
 
-PAIRS = sorted(p[:-3] for p in PY_CONFIGS if p.startswith(("COCO/", "ADE20k/")) and p[:-3] + ".yaml" in YAML_CONFIGS)
+@functools.cache
+def _loaded(rel: str):
+    return load_lazy(rel)
 
 
-@pytest.mark.parametrize("stem", PAIRS)
-def test_yacs_and_lazyconfig_agree(stem):
-    """Where a config exists in both systems, the backbone recipe is the same."""
-    assert len(PAIRS) >= 40
-    lazy = _recipe_of_lazy(load_lazy(stem + ".py"))
-    yacs = _recipe_of_yacs(yacs_cfg(stem + ".yaml"))
-    norm = {k: round(float(v), 9) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-            for k, v in lazy.items()}
-    assert norm == {k: round(float(v), 9) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-                    for k, v in yacs.items()}, stem
+# one config per task and system; every other size / register setting is an override of these
+TASKS = [("COCO/mask_rcnn_vit_b_100ep", "model.backbone.net"),
+         ("COCO/cascade_mask_rcnn_vit_b_100ep", "model.backbone.net"),
+         ("ADE20k/sem_fpn_vit_b_80k", "model.backbone.net"),
+         ("ADE20k/linear_vit_b_40k", "model.backbone"),
+         ("ADE20k/linear4_vit_b_40k", "model.backbone")]
+
+
+@pytest.mark.parametrize("family, arch", sorted(RECIPES))
+@pytest.mark.parametrize("registers", [4, 0])
+def test_recipe_follows_arch_and_registers(family, arch, registers):
+    """A command-line override of arch / registers moves weights, drop path and layer decay together,
+    in the LazyConfig and in the YACS config (resolve_recipe) alike: both read d2reg.recipes."""
+    row = RECIPES[(family, arch)]
+    for stem, net in TASKS:
+        lazy = LazyConfig.apply_overrides(copy.deepcopy(_loaded(stem + ".py")),
+                                          [f"{net}.arch={arch}", f"{net}.num_register_tokens={registers}"])
+        yacs = yacs_cfg(stem + ".yaml", "MODEL.D2REG.ARCH", arch, "MODEL.D2REG.NUM_REGISTER_TOKENS", registers)
+        frozen = stem.startswith("ADE20k/linear")  # the probes: frozen ViT, no drop path or layer decay
+        want = (official_checkpoint(arch, registers, family), 0.0 if frozen else row.drop_path,
+                1.0 if frozen else row.layer_decay)
+        assert _lazy_recipe(lazy) == pytest.approx(want) and _yacs_recipe(yacs) == pytest.approx(want), stem
+        assert yacs.MODEL.D2REG.FAMILY == family
+
+
+def test_yacs_recipe_placeholders():
+    """The shipped YACS files leave the per-size values to the table; resolve_recipe fills them in
+    without touching the (possibly frozen) input and leaves explicit values alone."""
+    raw = yacs_cfg("COCO/mask_rcnn_vit_b_100ep.yaml", "MODEL.D2REG.ARCH", "vit_large", resolve=False)
+    assert _yacs_recipe(raw) == ("official", -1.0, -1.0)
+    raw.freeze()
+    resolved = resolve_recipe(raw)
+    assert _yacs_recipe(raw) == ("official", -1.0, -1.0) and resolved.is_frozen()
+    assert _yacs_recipe(resolved) == (official_checkpoint("vit_large", 4), 0.4, 0.65)
+    assert resolve_recipe(resolved) is resolved
+    explicit = yacs_cfg("COCO/mask_rcnn_vit_b_100ep.yaml", "MODEL.D2REG.WEIGHTS", "/w.pth",
+                        "MODEL.D2REG.DROP_PATH_RATE", 0.2, "MODEL.D2REG.LR_DECAY", 0.9)
+    assert _yacs_recipe(explicit) == ("/w.pth", 0.2, 0.9)
+    with pytest.raises(KeyError, match="no recipe for dinov2/vit_huge"):
+        yacs_cfg("COCO/mask_rcnn_vit_b_100ep.yaml", "MODEL.D2REG.ARCH", "vit_huge")
+
+
+def test_imagenet_normalisation_is_one_constant():
+    """The one YACS base with the ImageNet mean/std agrees with d2reg.recipes (the LazyConfigs import it)."""
+    cfg = yacs_cfg("common/Base-D2Reg.yaml")
+    assert tuple(cfg.MODEL.PIXEL_MEAN) == IMAGENET_MEAN and tuple(cfg.MODEL.PIXEL_STD) == IMAGENET_STD
+    assert cfg.INPUT.FORMAT == "RGB"
+    for rel in YAML_CONFIGS:
+        if yacs_cfg(rel).MODEL.BACKBONE.NAME.startswith("build_d2reg"):
+            assert tuple(yacs_cfg(rel).MODEL.PIXEL_MEAN) == IMAGENET_MEAN, rel
 
 
 def test_register_switch_and_default_weights(tmp_path, monkeypatch, write_ckpt):
-    """Default weights are $D2REG_CHECKPOINTS/<official name>; a missing file is a clear error; the
-    *_noreg configs take the register-free file and use the legacy position interpolation."""
+    """Default weights are $D2REG_CHECKPOINTS/<official name> (read when the model is built); a missing
+    file is a clear error; num_register_tokens=0 takes the register-free file and the legacy position
+    interpolation."""
     monkeypatch.setenv("D2REG_CHECKPOINTS", str(tmp_path))
     cfg = load_lazy("COCO/mask_rcnn_vit_s_100ep.py")
     shrink(cfg, weights=False)
@@ -267,13 +317,13 @@ def test_register_switch_and_default_weights(tmp_path, monkeypatch, write_ckpt):
     write_ckpt("dinov2_vits14_pretrain.pth", num_register_tokens=0, depth=4)
     reg = instantiate(cfg.model.backbone).net
     assert reg.checkpoint_info.num_register_tokens == 4 and not reg.vit.legacy_pos_interp
-    cfg = load_lazy("COCO/mask_rcnn_vit_s_100ep_noreg.py")
+    cfg = LazyConfig.apply_overrides(load_lazy("COCO/mask_rcnn_vit_s_100ep.py"), [NOREG])
     shrink(cfg, weights=False)
-    assert cfg.model.backbone.net.weights == str(tmp_path / "dinov2_vits14_pretrain.pth")
+    assert instantiate(cfg.model.backbone.net.weights) == str(tmp_path / "dinov2_vits14_pretrain.pth")
     noreg = instantiate(cfg.model.backbone).net
     assert noreg.num_register_tokens == 0 and noreg.vit.reg_token is None and noreg.vit.legacy_pos_interp
     # the linear probe loads the same files at patch 14
-    cfg = load_lazy("ADE20k/linear4_vit_s_40k_noreg.py")
+    cfg = LazyConfig.apply_overrides(load_lazy("ADE20k/linear4_vit_s_40k.py"), ["model.backbone.num_register_tokens=0"])
     shrink(cfg, weights=False)
     probe = instantiate(cfg.model.backbone)
     assert probe.checkpoint_info.num_register_tokens == 0 and probe.patch_size == 14

@@ -26,23 +26,25 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList
 from omegaconf import OmegaConf
 
+from d2reg import ARCHS
 from d2reg.checkpoint.testing import write_random_checkpoint
 from d2reg.detrex import backbone_output_shape, match_neck_to_backbone
+from d2reg.recipes import get_recipe, official_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "detrex"
 COMMON = CONFIGS / "common" / "d2reg_backbone.py"
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
-# full config -> (arch, registers, pyramid levels); drop path / layer decay from the shared recipe
+# full config -> (arch, pyramid levels); drop path / layer decay / weights from d2reg.recipes
 FULL = {
-    "dino_d2reg_vit_base_4scale_12ep.py": ("vit_base", 4, ["p3", "p4", "p5", "p6"]),
-    "dino_d2reg_vit_base_5scale_12ep.py": ("vit_base", 4, ["p2", "p3", "p4", "p5", "p6"]),
-    "dino_d2reg_vit_small_4scale_12ep.py": ("vit_small", 4, ["p3", "p4", "p5", "p6"]),
-    "dino_d2reg_vit_large_4scale_12ep.py": ("vit_large", 4, ["p3", "p4", "p5", "p6"]),
-    "dino_d2reg_vit_base_noreg_4scale_12ep.py": ("vit_base", 0, ["p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_base_4scale_12ep.py": ("vit_base", ["p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_base_5scale_12ep.py": ("vit_base", ["p2", "p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_small_4scale_12ep.py": ("vit_small", ["p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_large_4scale_12ep.py": ("vit_large", ["p3", "p4", "p5", "p6"]),
 }
-RECIPE = LazyConfig.load(str(REPO / "configs" / "common" / "d2reg_vit.py")).RECIPE
+# the register-free DINOv2 is a command-line override of any of them
+CASES = [(name, 4) for name in sorted(FULL)] + [("dino_d2reg_vit_base_4scale_12ep.py", 0)]
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
 
@@ -271,18 +273,19 @@ def _stub_train_keys(root) -> set:
     return set(LazyConfig.load(str(root / "detrex/config/configs/common/train.py")).train)
 
 
-@pytest.mark.parametrize("name", sorted(FULL))
-def test_full_config_with_detrex_stub(name, detrex_stub):
-    arch, regs, levels = FULL[name]
-    decay, num_layers = RECIPE[arch].layer_decay, RECIPE[arch].depth
+@pytest.mark.parametrize("name, regs", CASES)
+def test_full_config_with_detrex_stub(name, regs, detrex_stub):
+    arch, levels = FULL[name]
+    decay, num_layers = get_recipe(arch).layer_decay, ARCHS[arch].depth
     cfg = LazyConfig.load(str(CONFIGS / name))
+    cfg = LazyConfig.apply_overrides(cfg, [f"model.backbone.net.num_register_tokens={regs}"])
     model = cfg.model
 
     # backbone swapped in, neck and transformer derived from it
     net = model.backbone.net
     assert (net.arch, net.num_register_tokens, net.patch_size) == (arch, regs, 16)
-    assert net.drop_path_rate == RECIPE[arch].drop_path
-    assert net.weights.endswith(f"dinov2_vit{arch[4]}14{'_reg4' if regs else ''}_pretrain.pth")
+    assert instantiate(net.drop_path_rate) == get_recipe(arch).drop_path
+    assert instantiate(net.weights) == official_checkpoint(arch, regs)
     assert model.backbone.square_pad == 0
     assert list(model.neck.in_features) == levels
     assert model.neck.num_outs == len(levels)

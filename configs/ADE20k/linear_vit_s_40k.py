@@ -1,5 +1,4 @@
-"""ADE20k linear probe (DINOv2 protocol), frozen DINOv2-reg ViT-S/14, last block. See ../common/ade20k_linear.py."""
-from ..common.ade20k_linear import dataloader, lr_multiplier, model, optimizer, train
-from ..common.d2reg_vit import set_size
+"""ADE20k linear probe (DINOv2 protocol), frozen DINOv2-reg ViT-S/14, last block: linear_vit_b_40k.py at size S."""
+from .linear_vit_b_40k import dataloader, lr_multiplier, model, optimizer, train
 
-set_size(model, optimizer, "vit_small")
+model.backbone.arch = "vit_small"

@@ -1,6 +1,4 @@
-"""ADE20k, DINOv2-reg ViT-B/16 + simple feature pyramid + semantic FPN head, fine-tuned. See
-../common/ade20k_sem_fpn.py (recipe) and ../common/d2reg_vit.py (drop path, layer decay)."""
+"""ADE20k, DINOv2-reg ViT-B/16 + simple feature pyramid + semantic FPN head, fine-tuned. Everything is
+in ../common/ade20k_sem_fpn.py; other sizes: ``model.backbone.net.arch=vit_large``, no registers:
+``model.backbone.net.num_register_tokens=0`` (drop path, layer decay and weights follow)."""
 from ..common.ade20k_sem_fpn import dataloader, lr_multiplier, model, optimizer, train
-from ..common.d2reg_vit import set_size
-
-set_size(model, optimizer, "vit_base")

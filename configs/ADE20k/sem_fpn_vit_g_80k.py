@@ -1,8 +1,5 @@
-"""ADE20k, DINOv2-reg ViT-g/16 + simple feature pyramid + semantic FPN head, fine-tuned. See
-../common/ade20k_sem_fpn.py (recipe) and ../common/d2reg_vit.py (drop path, layer decay)."""
-from ..common.ade20k_sem_fpn import dataloader, lr_multiplier, model, optimizer, train
-from ..common.d2reg_vit import set_size
+"""ADE20k semantic FPN, DINOv2-reg ViT-g/16: sem_fpn_vit_b_80k.py at size g (drop path, layer decay, weights follow)."""
+from .sem_fpn_vit_b_80k import dataloader, lr_multiplier, model, optimizer, train
 
-set_size(model, optimizer, "vit_giant2")
-# ViT-g: recompute block activations in the backward pass to save memory.
-model.backbone.net.use_act_checkpoint = True
+model.backbone.net.arch = "vit_giant2"
+model.backbone.net.use_act_checkpoint = True  # ViT-g at 512x512, global attention: recompute activations

@@ -1,6 +1,4 @@
-"""ADE20k, DINOv2-reg ViT-S/16 + simple feature pyramid + semantic FPN head, fine-tuned. See
-../common/ade20k_sem_fpn.py (recipe) and ../common/d2reg_vit.py (drop path, layer decay)."""
-from ..common.ade20k_sem_fpn import dataloader, lr_multiplier, model, optimizer, train
-from ..common.d2reg_vit import set_size
+"""ADE20k semantic FPN, DINOv2-reg ViT-S/16: sem_fpn_vit_b_80k.py at size S (drop path, layer decay, weights follow)."""
+from .sem_fpn_vit_b_80k import dataloader, lr_multiplier, model, optimizer, train
 
-set_size(model, optimizer, "vit_small")
+model.backbone.net.arch = "vit_small"

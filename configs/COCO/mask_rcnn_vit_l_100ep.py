@@ -1,5 +1,4 @@
-"""Mask R-CNN, DINOv2-reg ViT-L/16: the ViT-B config with the L size (drop path, layer decay, weights)."""
-from ..common.d2reg_vit import set_size
+"""Mask R-CNN, DINOv2-reg ViT-L/16: mask_rcnn_vit_b_100ep.py at size L (drop path, layer decay, weights follow)."""
 from .mask_rcnn_vit_b_100ep import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
 
-set_size(model, optimizer, "vit_large")
+model.backbone.net.arch = "vit_large"

@@ -13,6 +13,7 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 
 from d2reg.modeling.semseg import LinearSemSegHead, vit_feature_shapes
+from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD
 
 from .ade20k_sem_seg import dataloader
 from .d2reg_vit import dinov2_vit
@@ -44,13 +45,13 @@ model = L(SemanticSegmentor)(
         dropout=0.0,
         ignore_value=255,
     ),
-    pixel_mean=[123.675, 116.28, 103.53],  # RGB, ImageNet
-    pixel_std=[58.395, 57.12, 57.375],
+    pixel_mean=list(IMAGENET_MEAN),  # RGB
+    pixel_std=list(IMAGENET_STD),
 )
 
 train = make_train(max_iter=40000, eval_period=4000)
 
-optimizer = adamw(lr=1e-3, weight_decay=1e-4)
+optimizer = adamw(lr=1e-3, weight_decay=1e-4, decay_arch=None)  # only the head trains: no layer decay
 
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(PolynomialDecayParamScheduler)(base_value=1.0, power=1.0),

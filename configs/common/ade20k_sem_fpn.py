@@ -1,6 +1,7 @@
 """Shared base of the ADE20k fine-tuning configs: DINOv2(-reg) ViT/16 + simple feature pyramid (p2-p5,
 no p6) + detectron2's semantic FPN head (``SemSegFPNHead``: 128 channels, GN, stride 4), fine-tuned
-end to end with the COCO configs' per-size drop path and layer decay (../common/d2reg_vit.py).
+end to end with the COCO configs' per-size drop path and layer decay (d2reg.recipes, following
+``model.backbone.net.arch``).
 AdamW lr 1e-4, wd 0.05, 80k iterations at batch 16 of 512x512 crops, linear warmup (1500) then poly
 decay; ``SemanticSegmentor`` pads to multiples of 32 (no square padding: test images are not square).
 """
@@ -11,8 +12,10 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 
+from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD
+
 from .ade20k_sem_seg import dataloader
-from .d2reg_vit import dinov2_vit, layer_decay, sfp
+from .d2reg_vit import dinov2_vit, sfp
 from .optim_train import adamw, make_train
 
 model = L(SemanticSegmentor)(
@@ -29,15 +32,13 @@ model = L(SemanticSegmentor)(
         ignore_value=255,
         loss_weight=1.0,
     ),
-    pixel_mean=[123.675, 116.28, 103.53],  # RGB, ImageNet
-    pixel_std=[58.395, 57.12, 57.375],
+    pixel_mean=list(IMAGENET_MEAN),  # RGB
+    pixel_std=list(IMAGENET_STD),
 )
 
 train = make_train(max_iter=80000, eval_period=8000)
 
 optimizer = adamw(lr=1e-4, weight_decay=0.05)
-optimizer.params.lr_factor_func = layer_decay("vit_base")
-optimizer.params.overrides = {name: {"weight_decay": 0.0} for name in ("pos_embed", "cls_token", "reg_token")}
 
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(PolynomialDecayParamScheduler)(base_value=1.0, power=1.0),

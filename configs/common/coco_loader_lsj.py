@@ -1,12 +1,13 @@
 """COCO data with large-scale jitter (LSJ), as ViTDet trains: flip, rescale the 1024x1024 frame by
 0.1-2.0, crop/pad to 1024x1024; test at longest side 1024. 64 images per iteration in total."""
 import detectron2.data.transforms as T
-from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
+
+from d2reg.zoo import get_config
 
 image_size = 1024
 
-dataloader = model_zoo.get_config("common/data/coco.py").dataloader
+dataloader = get_config("common/data/coco.py").dataloader
 dataloader.train.mapper.augmentations = [
     L(T.RandomFlip)(horizontal=True),
     L(T.ResizeScale)(min_scale=0.1, max_scale=2.0, target_height=image_size, target_width=image_size),

@@ -1,19 +1,22 @@
 """Shared base of the COCO configs: detectron2's ViTDet Mask R-CNN recipe (model_zoo's
 ``common/models/mask_rcnn_vitdet.py``: 2-conv RPN, 4conv1fc box head, LN heads; LSJ 1024; AdamW lr 1e-4;
 100 epochs at batch 64) with a DINOv2(-reg) ViT-B/16 + simple feature pyramid as the backbone.
-The size files change the ViT and its layer decay; see d2reg_vit.py for the choices."""
-from detectron2 import model_zoo
+The size files only change ``model.backbone.net.arch``: drop path, layer decay and weights follow it
+(d2reg.recipes, through d2reg_vit.py and optim_train.py)."""
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from .coco_loader_lsj import dataloader
-from .d2reg_vit import dinov2_vit, layer_decay, sfp
+from d2reg.zoo import get_config
 
-model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
+from .coco_loader_lsj import dataloader
+from .d2reg_vit import dinov2_vit, sfp
+from .optim_train import adamw
+
+model = get_config("common/models/mask_rcnn_vitdet.py").model
 model.backbone = sfp(dinov2_vit("vit_base"), square_pad=1024)
 
-train = model_zoo.get_config("common/train.py").train
+train = get_config("common/train.py").train
 train.amp.enabled = True
 train.ddp.fp16_compression = True
 train.init_checkpoint = ""  # the backbone loads its DINOv2 weights itself (model.backbone.net.weights)
@@ -30,12 +33,11 @@ lr_multiplier = L(WarmupParamScheduler)(
     warmup_factor=0.001,
 )
 
-optimizer = model_zoo.get_config("common/optim.py").AdamW  # lr 1e-4, betas (0.9, 0.999)
-# Weight decay 0.05, not ViTDet's 0.1: it comes with the DINOv2 layer-decay values we use (ViT-Adapter's
-# DINOv2 configs tuned them together at wd 0.05); ViTDet's 0.1 was tuned for MAE weights.
-optimizer.weight_decay = 0.05
-optimizer.params.lr_factor_func = layer_decay("vit_base")
-optimizer.params.overrides = {name: {"weight_decay": 0.0} for name in ("pos_embed", "cls_token", "reg_token")}
+# AdamW lr 1e-4, betas (0.9, 0.999), the recipe's layer decay, no weight decay on norms, position
+# embedding and tokens. Weight decay 0.05, not ViTDet's 0.1: it comes with the DINOv2 layer-decay values
+# of d2reg.recipes (ViT-Adapter's DINOv2 configs tuned them together at wd 0.05); ViTDet's 0.1 was tuned
+# for MAE weights.
+optimizer = adamw(lr=1e-4, weight_decay=0.05)
 
 
 def to_cascade(model) -> None:

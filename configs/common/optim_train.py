@@ -1,17 +1,38 @@
-"""Optimizer and trainer settings shared by the ADE20k configs (the COCO ones take ViTDet's)."""
-from detectron2 import model_zoo
+"""Optimizer and trainer settings shared by the d2reg LazyConfigs (detectron2's common/optim.py and
+common/train.py, found by d2reg.zoo without detectron2.model_zoo)."""
+from detectron2.config import LazyCall as L
+
+from d2reg.recipes import layer_decay
+from d2reg.solver import get_d2reg_optimizer_params
+from d2reg.zoo import get_config
+
+from .d2reg_vit import FAMILY
+
+# the ViT of the COCO, ADE20k semantic-FPN and detrex configs (inside the simple feature pyramid)
+NET_ARCH = "${model.backbone.net.arch}"
 
 
-def adamw(lr: float, weight_decay: float):
-    """detectron2's AdamW (betas 0.9/0.999, no weight decay on norm layers)."""
-    opt = model_zoo.get_config("common/optim.py").AdamW
+def use_d2reg_param_groups(optimizer, decay_arch=NET_ARCH):
+    """Give a detectron2-style optimizer config (``params=L(get_default_optimizer_params)(...)``, as
+    detectron2's and detrex's ``common/optim.py``) d2reg's param groups: no weight decay on the
+    position embedding and prefix tokens (``d2reg.solver.NO_WEIGHT_DECAY``) and the recipe's
+    layer-wise lr decay for the ViT whose ``arch`` ``decay_arch`` interpolates (``None``: no layer
+    decay). Returns ``optimizer``."""
+    optimizer.params._target_ = get_d2reg_optimizer_params
+    optimizer.params.lr_decay = L(layer_decay)(arch=decay_arch, family=FAMILY) if decay_arch else 1.0
+    return optimizer
+
+
+def adamw(lr: float, weight_decay: float, decay_arch=NET_ARCH):
+    """detectron2's AdamW (betas 0.9/0.999, no weight decay on norm layers) with d2reg's param groups."""
+    opt = get_config("common/optim.py").AdamW
     opt.lr = lr
     opt.weight_decay = weight_decay
-    return opt
+    return use_d2reg_param_groups(opt, decay_arch)
 
 
 def make_train(max_iter: int, eval_period: int):
-    train = model_zoo.get_config("common/train.py").train
+    train = get_config("common/train.py").train
     train.amp.enabled = True
     train.init_checkpoint = ""  # the backbone loads its DINOv2 weights itself (weights=...)
     train.max_iter = max_iter

@@ -1,13 +1,12 @@
 """LazyConfig twin of mask_rcnn_vit_tiny_synth.yaml (for tools/lazyconfig_train_net.py): a tiny
 ViT-reg (192-dim, 4 blocks, 3 heads, 4 registers, patch 8) + simple feature pyramid (128 channels, p2-p5)
-+ slim Mask R-CNN (detectron2's model_zoo ``mask_rcnn_fpn`` with smaller heads), trained from
++ slim Mask R-CNN (detectron2's shipped ``common/models/mask_rcnn_fpn.py`` with smaller heads), trained from
 scratch on the synthetic shapes (``d2reg_synth_train``, 192-px images) on a CPU.
 
     python tools/lazyconfig_train_net.py --config-file configs/demo/mask_rcnn_vit_tiny_synth.py \
         train.output_dir=output/demo_lazy train.max_iter=10
 """
 import detectron2.data.transforms as T
-from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.data import (
     DatasetMapper,
@@ -24,14 +23,16 @@ from omegaconf import OmegaConf
 
 import d2reg.data  # noqa: F401  (registers d2reg_synth_*)
 from d2reg import DINOv2Backbone, SimpleFeaturePyramid
+from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD
 from d2reg.solver import get_d2reg_optimizer_params
+from d2reg.zoo import get_config
 
 C = 128  # pyramid channels
 SIZE = 192
 
-model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
-model.pixel_mean = [123.675, 116.28, 103.53]
-model.pixel_std = [58.395, 57.12, 57.375]
+model = get_config("common/models/mask_rcnn_fpn.py").model
+model.pixel_mean = list(IMAGENET_MEAN)
+model.pixel_std = list(IMAGENET_STD)
 model.input_format = "RGB"
 model.backbone = L(SimpleFeaturePyramid)(
     net=L(DINOv2Backbone)(
@@ -90,7 +91,7 @@ dataloader.test = L(build_detection_test_loader)(
 )
 dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", use_fast_impl=False)
 
-train = model_zoo.get_config("common/train.py").train
+train = get_config("common/train.py").train
 # or an official / timm / HF DINOv2 file (D2RegCheckpointer: its first 4 blocks) with the backbone at its
 # width, e.g. ViT-S: model.backbone.net.embed_dim=384 model.backbone.net.num_heads=6
 train.init_checkpoint = ""
@@ -100,7 +101,7 @@ train.eval_period = 0  # evaluate once, at the end
 train.checkpointer.period = 100000
 train.device = "cpu"
 
-optimizer = model_zoo.get_config("common/optim.py").AdamW
+optimizer = get_config("common/optim.py").AdamW
 optimizer.lr = 2e-4
 optimizer.weight_decay = 0.05
 optimizer.params._target_ = get_d2reg_optimizer_params  # layer decay (lr_decay=1.0: off for random init)

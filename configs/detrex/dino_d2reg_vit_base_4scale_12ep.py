@@ -8,7 +8,9 @@ Runs inside a detrex checkout (README, section "detrex"):
 Follows detrex's projects/dino/configs/dino-vitdet/ (detectron2 ViT in a SimpleFeaturePyramid) and
 dino-eva-02/ (layer-wise lr decay) configs: detrex's DINO recipe (AdamW lr 1e-4, weight decay 1e-4,
 gradient clipping at 0.1, 12 epochs at batch 16) plus a linear warm-up, without which ViTDet-DINO
-trains unstably. Drop path and layer decay per ViT size come from configs/common/d2reg_vit.py.
+trains unstably. Drop path, layer decay and weights follow ``model.backbone.net.arch`` /
+``num_register_tokens`` (d2reg.recipes): ``model.backbone.net.num_register_tokens=0`` for the register-free
+DINOv2 (dinov2_vitb14_pretrain.pth).
 """
 from detectron2.config import LazyCall as L
 from detectron2.solver import WarmupParamScheduler
@@ -17,7 +19,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from d2reg.detrex import load_detrex_config, match_neck_to_backbone
 
-from ..common.d2reg_vit import layer_decay
+from ..common.optim_train import use_d2reg_param_groups
 from .common.d2reg_backbone import backbone
 
 # detrex's DINO (ResNet-50 config), with the backbone swapped and the neck derived from it:
@@ -57,14 +59,13 @@ lr_multiplier = L(WarmupParamScheduler)(
     warmup_factor=0.001,
 )
 
-# AdamW with layer-wise lr decay over the ViT blocks (tokens/embeddings decay most; pyramid, neck,
-# transformer and heads get the full lr), no weight decay on position embedding and tokens (norms
-# get none through detrex's weight_decay_norm=0.0).
+# AdamW with the recipe's layer-wise lr decay over the ViT blocks (tokens/embeddings decay most; pyramid,
+# neck, transformer and heads get the full lr), no weight decay on position embedding and tokens (norms
+# get none through detrex's weight_decay_norm=0.0): d2reg.solver.get_d2reg_optimizer_params.
 optimizer.lr = 1e-4
 optimizer.betas = (0.9, 0.999)
 optimizer.weight_decay = 1e-4
-optimizer.params.lr_factor_func = layer_decay("vit_base")
-optimizer.params.overrides = {name: {"weight_decay": 0.0} for name in ("pos_embed", "cls_token", "reg_token")}
+use_d2reg_param_groups(optimizer)
 
 # total batch size over all GPUs
 dataloader.train.total_batch_size = 16

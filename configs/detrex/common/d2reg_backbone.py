@@ -1,7 +1,7 @@
 """The d2reg part of the detrex DINO configs; loads without detrex (the tests use it directly).
 
 ``backbone``: the project's DINOv2-reg ViT-B/16 (configs/common/d2reg_vit.py: 14-px kernels
-resampled to 16 px, ViT-B drop path, official checkpoint under ``$D2REG_CHECKPOINTS``) inside d2reg's
+resampled to 16 px, drop path and official checkpoint under ``$D2REG_CHECKPOINTS`` following ``arch``) inside d2reg's
 ``SimpleFeaturePyramid`` with scale factors (2, 1, 0.5) + ``LastLevelMaxPool``: p3-p6 (strides 8-64,
 256 channels), the levels of DINO's 4-scale setting. The 5-scale config adds 4.0 (p2-p6).
 

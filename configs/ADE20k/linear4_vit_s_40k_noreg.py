@@ -1,5 +1,0 @@
-"""Register-free DINOv2 ViT-S/14 (dinov2_vits14_pretrain.pth): linear4_vit_s_40k.py with registers off."""
-from ..common.d2reg_vit import without_registers
-from .linear4_vit_s_40k import dataloader, lr_multiplier, model, optimizer, train
-
-without_registers(model)

@@ -1,5 +1,0 @@
-"""Register-free DINOv2 ViT-g/14 (dinov2_vitg14_pretrain.pth): linear_vit_g_40k.py with registers off."""
-from ..common.d2reg_vit import without_registers
-from .linear_vit_g_40k import dataloader, lr_multiplier, model, optimizer, train
-
-without_registers(model)

@@ -1,5 +1,0 @@
-"""Register-free DINOv2 ViT-B/16 (dinov2_vitb14_pretrain.pth): cascade_mask_rcnn_vit_b_100ep.py with registers off."""
-from ..common.d2reg_vit import without_registers
-from .cascade_mask_rcnn_vit_b_100ep import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
-
-without_registers(model)
