@@ -30,11 +30,26 @@ def test_names_and_metadata(registered):
     for split in ("train", "val"):
         m = MetadataCatalog.get(f"d2reg_synth_{split}")
         assert m.evaluator_type == "coco" and m.thing_classes == list(data.SYNTH_THING_CLASSES)
-        assert m.json_file.startswith(out) and m.json_file.endswith(f"instances_{split}.json")
         s = MetadataCatalog.get(f"d2reg_synth_sem_seg_{split}")
         assert s.evaluator_type == "sem_seg" and s.ignore_label == 255
         assert len(s.stuff_classes) == data.SYNTH_NUM_SEM_SEG_CLASSES == 4
-    assert not os.path.exists(out)  # registering generates nothing
+    assert not os.path.exists(out)  # registering (and reading names, classes) generates nothing
+    json_file = MetadataCatalog.get("d2reg_synth_val").json_file  # a path in the metadata: valid once read
+    assert json_file.startswith(out) and json_file.endswith("instances_val.json") and os.path.isfile(json_file)
+    assert os.path.isdir(MetadataCatalog.get("d2reg_synth_sem_seg_train").sem_seg_root)
+
+
+def test_evaluators_first(registered):
+    """detectron2's evaluators work on a data set nothing has generated yet, whatever comes first:
+    COCOEvaluator opens ``json_file`` and SemSegEvaluator lists the data set when constructed."""
+    from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+
+    _, out = registered
+    assert not os.path.exists(out)
+    COCOEvaluator("d2reg_synth_val", use_fast_impl=False)  # reads json_file (pycocotools) here
+    assert os.path.isfile(os.path.join(out, "annotations", "instances_val.json"))
+    sem = SemSegEvaluator("d2reg_synth_sem_seg_val", distributed=False, sem_seg_loading_fn=data.load_sem_seg_gt)
+    assert len(sem.input_file_to_gt_file) == SMALL["num_val"]
 
 
 def test_lazy_generation_and_layouts(registered):

@@ -3,6 +3,7 @@ train -> checkpoint -> resume -> evaluate with detectron2's trainer, checkpointe
 the synthetic data set (tiny model, a few iterations, CPU), and the checkpointer trap."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -220,3 +221,57 @@ def test_demo_tool_sem_seg(tiny_synth, tmp_path, capsys):
     res = results.get("d2reg_synth_sem_seg_val", results)
     assert f"mIoU {res['sem_seg']['mIoU']:.1f}" in out and "RANDOM INIT" in out
     assert os.path.getsize(tmp_path / "demo" / "predictions.png") > 1000
+
+
+def test_demo_tool_time_budget(tiny_synth, tmp_path, capsys):
+    """A budget already spent when training starts: the plan after the warm-up measurement keeps
+    only the iterations done, training stops there (model_final written), the model is evaluated and
+    the printout says the budget cut the run short."""
+    tool = load_tool("demo")
+    out_dir = tmp_path / "demo"
+    results = tool.main(["--output-dir", str(out_dir), "--time-budget", "0.001", *TINY_INSTANCE,
+                         "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30,)"])
+    out = capsys.readouterr().out
+    assert "plan after 10 iterations" in out and "-> 10 iterations (budget: fewer than the tuned 40)" in out
+    assert "10 of 40 iterations" in out and "NOTE: the time budget allowed 10 of the tuned 40" in out
+    assert "CPU: " in out
+    res = results.get("d2reg_synth_val", results)
+    assert "bbox" in res and "segm" in res
+    assert os.path.isfile(out_dir / "model_final.pth") and os.path.isfile(out_dir / "predictions.png")
+    with open(out_dir / "metrics.json") as f:
+        iters = [json.loads(line)["iteration"] for line in f if '"total_loss"' in line]
+    assert max(iters) == 9  # no training step after the plan's last iteration
+
+
+def test_demo_trainer_set_max_iter(tiny_synth, tmp_path):
+    """DemoTrainer.set_max_iter mid-run: detectron2's loop stops at the new length, the LR milestone
+    and the end of the schedule move with it (warm-up stays in iterations), model_final is written."""
+    from detectron2.engine import HookBase
+
+    from d2reg.demo import DemoTrainer, demo_cfg, scale_steps
+
+    class Resize(HookBase):
+        def __init__(self):
+            self.lrs = []
+
+        def before_step(self):
+            self.lrs.append(self.trainer.optimizer.param_groups[0]["lr"])
+
+        def after_step(self):
+            if self.trainer.iter == 2:
+                self.trainer.set_max_iter(8)
+
+    cfg = demo_cfg(os.path.join(DEMO, "mask_rcnn_vit_tiny_synth.yaml"), output_dir=str(tmp_path), opts=[
+        *TINY_INSTANCE, "SOLVER.MAX_ITER", "16", "SOLVER.STEPS", "(12,)", "SOLVER.WARMUP_ITERS", "2",
+        "SOLVER.BASE_LR", "0.001", "DATASETS.TEST", "()"])
+    trainer = DemoTrainer(cfg)
+    probe = Resize()
+    trainer.register_hooks([probe])  # after hooks.LRScheduler, as set_max_iter requires
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert scale_steps([12], 16, 8) == [6] == trainer.lr_steps
+    assert trainer.iter == trainer.max_iter == 8 and len(probe.lrs) == 8
+    base = 0.001
+    assert probe.lrs[0] < base and probe.lrs[2] == pytest.approx(base)  # warm-up: 2 iterations
+    assert probe.lrs[5] == pytest.approx(base) and probe.lrs[6] == pytest.approx(0.1 * base)  # milestone 6
+    assert os.path.isfile(tmp_path / "model_final.pth")

@@ -1,9 +1,15 @@
-"""Registration of the synthetic data sets in detectron2's ``DatasetCatalog`` / ``MetadataCatalog``."""
+"""Registration of the synthetic data sets in detectron2's ``DatasetCatalog`` / ``MetadataCatalog``.
+
+The data set writes itself when detectron2 first needs it: the ``DatasetCatalog`` loaders generate the
+files if missing, and so does reading a path from the metadata (``json_file``, which ``COCOEvaluator``
+opens when it is constructed; ``image_root``; ``sem_seg_root``). No caller has to prepare anything,
+whatever the order in which loaders and evaluators are built.
+"""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, Optional
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 
 from .synthetic import (
@@ -29,6 +35,28 @@ _STUFF_COLORS = [(40, 40, 40)] + _THING_COLORS
 _GENERATORS = {}  # name -> zero-argument function generating the data set, returns its directory
 
 
+class _SynthMetadata(Metadata):
+    """detectron2 ``Metadata`` whose file-system paths generate the data set on first read."""
+
+    def __init__(self, name: str, generate: Callable[[], str], paths: Dict[str, str]):
+        super().__init__(name=name)
+        object.__setattr__(self, "_generate", generate)
+        object.__setattr__(self, "_paths", dict(paths))
+
+    def __getattr__(self, key):
+        paths = self.__dict__.get("_paths", {})
+        if key in paths:
+            self.__dict__["_generate"]()
+            return paths[key]
+        return super().__getattr__(key)
+
+    def as_dict(self):
+        ret = {k: v for k, v in self.__dict__.items() if k not in ("_generate", "_paths")}
+        ret.update(self.__dict__.get("_paths", {}))  # reading them all as a dict: the files exist then
+        self.__dict__["_generate"]()
+        return ret
+
+
 def register_synthetic_datasets(
     root: Optional[str] = None,
     num_train: int = SYNTH_DEFAULTS["num_train"],
@@ -40,8 +68,9 @@ def register_synthetic_datasets(
     ``d2reg_synth_sem_seg_{train,val}`` (ADE20k-style PNG masks, ``evaluator_type="sem_seg"``).
 
     Nothing is generated here: the images are written on the first ``DatasetCatalog.get`` of any
-    of the four names (or :func:`prepare_synthetic_dataset`), under ``root`` (default
-    ``$D2REG_CACHE`` or ``~/.cache/d2reg``, resolved now). Returns the data set directory.
+    of the four names, the first read of a path in their metadata (``json_file``, ``image_root``,
+    ``sem_seg_root``) or :func:`prepare_synthetic_dataset`, under ``root`` (default ``$D2REG_CACHE``
+    or ``~/.cache/d2reg``, resolved now). Returns the data set directory.
     """
     out = synthetic_dataset_dir(root, num_train, num_val, image_size, seed)
     paths = dataset_paths(out)
@@ -59,23 +88,21 @@ def register_synthetic_datasets(
             DatasetCatalog.register(
                 name, lambda p=p, n=name: (generate(), load_coco_json(p["json_file"], p["image_root"], n))[1]
             )
-            MetadataCatalog.get(name).set(
+            meta = _SynthMetadata(name, generate, {k: p[k] for k in ("json_file", "image_root")})
+            MetadataCatalog[name] = meta.set(
                 thing_classes=list(SYNTH_THING_CLASSES),
                 thing_colors=list(_THING_COLORS),
                 thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SYNTH_THING_CLASSES))},
-                json_file=p["json_file"],
-                image_root=p["image_root"],
                 evaluator_type="coco",
             )
         else:
             DatasetCatalog.register(
                 name, lambda p=p: (generate(), load_sem_seg(p["sem_seg_root"], p["image_root"], "png", "jpg"))[1]
             )
-            MetadataCatalog.get(name).set(
+            meta = _SynthMetadata(name, generate, {k: p[k] for k in ("image_root", "sem_seg_root")})
+            MetadataCatalog[name] = meta.set(
                 stuff_classes=list(SYNTH_STUFF_CLASSES),
                 stuff_colors=list(_STUFF_COLORS),
-                image_root=p["image_root"],
-                sem_seg_root=p["sem_seg_root"],
                 evaluator_type="sem_seg",
                 ignore_label=255,
             )

@@ -20,18 +20,10 @@ __all__ = ["do_test", "do_train", "instantiate_train_loader"]
 logger = logging.getLogger("detectron2")
 
 
-def _prepare_datasets(names) -> None:
-    from ..data import prepare_synthetic_dataset
-
-    for name in [names] if isinstance(names, str) else list(names or []):
-        prepare_synthetic_dataset(name)
-
-
 def do_test(cfg, model):
     """Evaluate ``model`` with ``cfg.dataloader.test`` / ``cfg.dataloader.evaluator``."""
     if "evaluator" not in cfg.dataloader:
         return None
-    _prepare_datasets(cfg.dataloader.test.get("dataset", {}).get("names"))
     ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     print_csv_format(ret)
     return ret

@@ -44,10 +44,7 @@ def setup_cfg(args) -> CfgNode:
 def build_evaluator(cfg, dataset_name: str, output_folder=None):
     """Evaluator by the data set's ``evaluator_type``: "coco" -> ``COCOEvaluator`` (pure-Python
     pycocotools, ``use_fast_impl=False``: the fast one needs detectron2's compiled ``_C``),
-    "sem_seg" -> ``SemSegEvaluator``. Generates the synthetic data set first if needed."""
-    from ..data import prepare_synthetic_dataset
-
-    prepare_synthetic_dataset(dataset_name)
+    "sem_seg" -> ``SemSegEvaluator``."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
