@@ -294,6 +294,24 @@ def test_yacs_recipe_placeholders():
         yacs_cfg("COCO/mask_rcnn_vit_b_100ep.yaml", "MODEL.D2REG.ARCH", "vit_huge")
 
 
+@pytest.mark.xfail(strict=True, reason="wiring pending: DINOv2Backbone.from_config and d2reg.solver.build_optimizer "
+                   "must read d2reg.config.resolve_recipe(cfg); remove this marker once they do")
+def test_yacs_builders_resolve_the_recipe():
+    """build_model / build_optimizer on an unresolved shipped YACS config take the recipe's values
+    (any caller: tools/train_net.py, tests, tools that build a model from a config)."""
+    from d2reg.solver import build_optimizer
+
+    cfg = yacs_cfg("ADE20k/sem_fpn_vit_b_80k.yaml", *TINY_YACS, resolve=False)
+    assert cfg.MODEL.D2REG.DROP_PATH_RATE < 0 and cfg.MODEL.D2REG.LR_DECAY < 0
+    model = build_model(cfg)
+    vit = next(m for m in model.modules() if isinstance(m, DINOv2Backbone)).vit
+    assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(RECIPES[("dinov2", "vit_base")].drop_path)
+    opt = build_optimizer(cfg, model)
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    decay, depth = RECIPES[("dinov2", "vit_base")].layer_decay, len(vit.blocks)
+    assert lrs[id(vit.patch_embed.proj.weight)] == pytest.approx(cfg.SOLVER.BASE_LR * decay ** (depth + 1))
+
+
 def test_imagenet_normalisation_is_one_constant():
     """The one YACS base with the ImageNet mean/std agrees with d2reg.recipes (the LazyConfigs import it)."""
     cfg = yacs_cfg("common/Base-D2Reg.yaml")
