@@ -328,14 +328,17 @@ def _describe(info: dict) -> str:
 
 def fit_to_model(timm_sd: StateDict, info_dict: dict, vit) -> StateDict:
     """The exact state dict of ``vit`` (a DINOv3 ``Eva``, possibly pruned: fewer blocks, maybe no final
-    norm) from a timm-layout DINOv3 state dict and its :func:`infer_info` facts: checks width, storage
+    norm) from a timm-layout DINOv3 state dict and its :func:`infer_info` facts (the dict, or an object
+    with those attributes such as ``CheckpointInfo``, whose ``swiglu`` stands for ``mlp``): checks width, storage
     tokens, MLP kind and width, qkv bias, patch size, depth >= the kept blocks, final norm, head count
     (when the periods are stored) with a :class:`CheckpointError` naming both sides; drops the pruned
     blocks; fills ``rope.periods`` from the formula when the file has none. Returns exactly
     ``vit.state_dict()``'s keys."""
     if _has_pos_table(timm_sd):
         raise CheckpointError(_not_dinov3_message(timm_sd))
-    info = info_dict
+    info = dict(info_dict) if isinstance(info_dict, dict) else dict(vars(info_dict))  # or a CheckpointInfo
+    if "mlp" not in info and "swiglu" in info:
+        info["mlp"] = "swiglu" if info["swiglu"] else "mlp"
     target = vit.state_dict()
     blk0 = vit.blocks[0] if len(vit.blocks) else None
     model = dict(

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm, RotaryEmbeddingDinoV3, apply_rot_embed_cat
+from timm.models._manipulate import reinit_non_persistent_buffers
 from timm.models.eva import Eva, EvaAttention
 
 from .arch import resolve_block_indices
@@ -46,6 +47,7 @@ __all__ = [
     "dinov3_rope_periods",
     "enable_dinov3_window_attention",
     "get_dinov3_arch",
+    "materialize_dinov3_vit",
 ]
 
 DINOV3_PATCH_SIZE = 16
@@ -128,6 +130,11 @@ class DINOv3RotaryEmbedding(RotaryEmbeddingDinoV3):
         periods = self._buffers.pop("periods")
         self._non_persistent_buffers_set.discard("periods")
         self.register_buffer("periods", periods, persistent=True)
+
+    def init_non_persistent_buffers(self) -> None:
+        """Rebuild only what is derived (a cached grid embedding); the periods are state, not derived."""
+        if self.feat_shape is not None:
+            self._cache_embed(self.feat_shape)
 
     def _apply(self, fn, recurse: bool = True):
         module = nn.Module._apply(self, fn, recurse)
@@ -224,6 +231,16 @@ def create_dinov3_vit(
         device=device,
     )
     vit.dinov3_arch = spec.name if not isinstance(arch, DINOv3Arch) else arch.name
+    return vit
+
+
+def materialize_dinov3_vit(vit: Eva, device: Union[str, torch.device] = "cpu") -> Eva:
+    """Allocate a ViT built with ``device="meta"`` on ``device`` WITHOUT initialising its parameters
+    (skips timm's random init: seconds for a ViT-L, minutes for the 7B), then rebuild its derived
+    buffers (the zero K bias). Load a complete state dict right after (``rope.periods`` included, as
+    :func:`d2reg.checkpoint.dinov3.fit_to_model` returns). Returns ``vit``."""
+    vit.to_empty(device=device)
+    reinit_non_persistent_buffers(vit)
     return vit
 
 
