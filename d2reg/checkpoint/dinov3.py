@@ -17,8 +17,9 @@ Layouts:
 What tells DINOv3 from DINOv2: DINOv3 has NO learned position table (RoPE). Every DINOv2 layout has
 one (``pos_embed``, HF ``embeddings.position_embeddings``); this module never claims a state dict that
 has one, and requires positive DINOv3 evidence besides (official: ``storage_tokens`` / ``rope_embed.*`` /
-``bias_mask``; timm: Eva's ``gamma_1``; HF: the bare-conv ``embeddings.patch_embeddings.weight``, which
-DINOv2's HF models hold as ``embeddings.patch_embeddings.projection.weight``).
+``bias_mask``; timm: Eva's ``gamma_1`` with ``reg_token`` or ``rope.periods``; HF: the bare-conv
+``embeddings.patch_embeddings.weight``, which DINOv2's HF models hold as
+``embeddings.patch_embeddings.projection.weight``).
 
 Conventions: official -> timm goes through timm's own ``eva.checkpoint_filter_fn`` (on a meta-device
 model of the checkpoint's shapes) after d2reg applies ``bias_mask`` (the K third must be masked: timm has
@@ -94,8 +95,9 @@ def detect_layout(sd: StateDict) -> Optional[str]:
         return "official"
     if "blocks.0.ls1.gamma" in keys and "blocks.0.attn.qkv.weight" in keys:
         return "official"  # an official model without storage tokens / periods stripped: still no pos table
-    if "blocks.0.gamma_1" in keys and "blocks.0.attn.qkv.weight" in keys and "rope.freqs" not in keys:
-        return "timm"
+    if "blocks.0.gamma_1" in keys and "blocks.0.attn.qkv.weight" in keys and "rope.freqs" not in keys \
+            and ("reg_token" in keys or "rope.periods" in keys):
+        return "timm"  # storage tokens (or d2reg's stored periods): not timm's register-free RoPE ViTs
     return None
 
 
