@@ -312,3 +312,33 @@ def test_arch_table_matches_timm_and_infer_info():
             (name, 2, spec.num_heads, spec.qkv_bias)
         info_timm = fmt.infer_info(theirs)  # no periods stored: heads from the table
         assert (info_timm["arch"], info_timm["num_heads"]) == (name, spec.num_heads)
+
+
+def test_files_shapes_only_and_pipeline_interface(tmp_path):
+    """Files read by d2reg's reader (full and shapes-only meta tensors) through detect -> to_timm ->
+    checkpoint_info -> create_model (on meta) -> prune -> fit_to_model, the pipeline's sequence."""
+    from safetensors.torch import save_file
+
+    from d2reg.checkpoint.io import read_state_dict
+
+    sd = random_official_dinov3_state_dict("vit_small_plus", 11, embed_dim=128, depth=2)
+    torch.save({"teacher": {"backbone." + k: v for k, v in sd.items()}}, tmp_path / "official.pth")
+    vit = _load(sd)[0]
+    save_file(vit.state_dict(), str(tmp_path / "timm.safetensors"))
+    for name, layout in (("official.pth", "official"), ("timm.safetensors", "timm")):
+        for shapes_only in (True, False):
+            raw = read_state_dict(str(tmp_path / name), shapes_only=shapes_only)
+            assert fmt.detect_layout(raw) == layout
+            timm_sd = fmt.to_timm(raw, layout)
+            info = fmt.checkpoint_info(timm_sd, layout, name)
+            assert (info.family, info.swiglu, info.num_heads, info.mlp_hidden) == ("dinov3", True, 2, 512)
+            with torch.device("meta"):
+                model = fmt.create_model(info, patch_size=16)
+                model.prune_intermediate_layers([0, 1], prune_norm=True, prune_head=True)
+            fitted = fmt.fit_to_model(timm_sd, info, model, patch_resize="pi")
+            assert list(fitted) == list(model.state_dict())
+            if not shapes_only:
+                ref = vit.state_dict()
+                assert all(torch.equal(fitted[k], ref[k]) for k in fitted)
+    with pytest.raises(CheckpointError, match="patch size"):
+        fmt.create_model(info, patch_size=14)

@@ -40,14 +40,16 @@ from timm.models.eva import checkpoint_filter_fn as eva_checkpoint_filter_fn
 
 from ..vit.dinov3 import (
     DINOV3_ARCHS,
+    DINOV3_PATCH_SIZE,
     create_dinov3_vit,
     dinov3_rope_periods,
 )
-from .errors import CheckpointError, StateDict, short_list
+from .errors import CheckpointError, CheckpointInfo, StateDict, short_list
 
 __all__ = [
     "FAMILY",
     "LAYOUTS",
+    "checkpoint_info",
     "create_model",
     "detect_layout",
     "fit_to_model",
@@ -116,9 +118,32 @@ def _official_shapes(sd: StateDict) -> dict:
                 final_norm="norm.weight" in sd)
 
 
-def create_model(device: torch.device | str = "meta", **shapes):
-    """A DINOv3 ``Eva`` of the given shapes (``create_dinov3_vit`` kwargs), on ``device``."""
-    return create_dinov3_vit("vit_small", device=torch.device(device), **shapes)
+def _meta_model(**shapes):
+    """A DINOv3 ``Eva`` of the given shapes (``create_dinov3_vit`` kwargs) on the meta device."""
+    return create_dinov3_vit("vit_small", device=torch.device("meta"), **shapes)
+
+
+def _as_dict(info) -> dict:
+    """:func:`infer_info`'s dict, or an object with those attributes (``CheckpointInfo``: ``swiglu``)."""
+    d = dict(info) if isinstance(info, dict) else dict(vars(info))
+    if "mlp" not in d and "swiglu" in d:
+        d["mlp"] = "swiglu" if d["swiglu"] else "mlp"
+    return d
+
+
+def create_model(info, patch_size: int = DINOV3_PATCH_SIZE, **kwargs):
+    """The randomly initialised DINOv3 ``Eva`` that ``info``'s checkpoint fits (all its blocks; call under
+    ``torch.device("meta")`` when only shapes matter). ``info``: :func:`infer_info`'s dict or a
+    ``CheckpointInfo``. DINOv3 is used at its own patch size (no patch-embedding resampling).
+    ``kwargs`` go to :func:`create_dinov3_vit` (drop_path_rate, final_norm, rope options...)."""
+    d = _as_dict(info)
+    if patch_size != d["patch_size"]:
+        raise CheckpointError(f"the DINOv3 checkpoint has patch size {d['patch_size']}; d2reg runs DINOv3 at its "
+                              f"own patch size, not {patch_size}.")
+    return create_dinov3_vit(d.get("arch") or "vit_small", embed_dim=d["embed_dim"], depth=d["depth"],
+                             num_heads=d["num_heads"], swiglu=d["mlp"] == "swiglu", mlp_hidden=d["mlp_hidden"],
+                             qkv_bias=d["qkv_bias"], num_register_tokens=d["num_register_tokens"],
+                             patch_size=patch_size, **kwargs)
 
 
 def _num_heads(embed_dim: int, periods: Optional[torch.Tensor] = None) -> int:
@@ -140,6 +165,9 @@ def official_to_timm(sd: StateDict) -> StateDict:
             mask = torch.ones_like(bias)
             mask[bias.shape[0] // 3: 2 * bias.shape[0] // 3] = 0  # mask_k_bias, as every released model
         mask = mask.to(bias.dtype)
+        if bias.is_meta or mask.is_meta:  # shapes only (read_state_dict(shapes_only=True))
+            sd[k] = bias * mask
+            continue
         if torch.isnan(mask).any():
             raise CheckpointError(f"{k}_mask holds NaN (an uninitialised official LinearKMaskedBias): "
                                   "the official model would compute NaN features from this file.")
@@ -152,7 +180,7 @@ def official_to_timm(sd: StateDict) -> StateDict:
     periods = sd.get("rope_embed.periods")
     sd = {k: v for k, v in sd.items() if not (k.startswith("cls_norm.") or k.startswith("local_cls_norm."))}
     shapes = _official_shapes(sd)
-    model = create_model("meta", **shapes)
+    model = _meta_model(**shapes)
     with contextlib.redirect_stdout(io.StringIO()):  # timm prints the missing q_bias of bias-free models
         out = eva_checkpoint_filter_fn(sd, model)
     if periods is not None:
@@ -199,7 +227,7 @@ def hf_to_timm(sd: StateDict) -> StateDict:
         out[b + "attn.qkv.weight"] = torch.cat([p["attention.q_proj.weight"], p["attention.k_proj.weight"],
                                                 p["attention.v_proj.weight"]], 0)
         kb = p.get("attention.k_proj.bias")
-        if kb is not None and bool((kb != 0).any()):
+        if kb is not None and not kb.is_meta and bool((kb != 0).any()):
             raise CheckpointError(f"layer.{i}.attention.k_proj.bias is nonzero (a key_bias=True model): DINOv3's "
                                   "K bias is masked and timm's Eva cannot hold one.")
         if "attention.q_proj.bias" in p:
@@ -314,6 +342,16 @@ def infer_info(timm_sd: StateDict) -> dict:
     )
 
 
+def checkpoint_info(timm_sd: StateDict, format: str = "timm", path: str = "") -> CheckpointInfo:
+    """:func:`infer_info` as the pipeline's shared :class:`CheckpointInfo` (family "dinov3")."""
+    d = infer_info(timm_sd)
+    return CheckpointInfo(family=FAMILY, format=format, arch=d["arch"], embed_dim=d["embed_dim"], depth=d["depth"],
+                          num_heads=d["num_heads"], patch_size=d["patch_size"],
+                          num_register_tokens=d["num_register_tokens"], swiglu=d["mlp"] == "swiglu",
+                          has_final_norm=d["has_final_norm"], pos_grid=None, qkv_bias=d["qkv_bias"],
+                          mlp_hidden=d["mlp_hidden"], path=path)
+
+
 def _not_dinov3_message(sd: StateDict) -> str:
     if _has_pos_table(sd):
         return ("this checkpoint is a DINOv2 ViT (it has a learned position table, pos_embed), but a DINOv3 "
@@ -328,7 +366,7 @@ def _describe(info: dict) -> str:
             f"qkv bias {info['qkv_bias']})")
 
 
-def fit_to_model(timm_sd: StateDict, info_dict: dict, vit) -> StateDict:
+def fit_to_model(timm_sd: StateDict, info_dict: dict, vit, **kwargs) -> StateDict:
     """The exact state dict of ``vit`` (a DINOv3 ``Eva``, possibly pruned: fewer blocks, maybe no final
     norm) from a timm-layout DINOv3 state dict and its :func:`infer_info` facts (the dict, or an object
     with those attributes such as ``CheckpointInfo``, whose ``swiglu`` stands for ``mlp``): checks width, storage
@@ -338,9 +376,10 @@ def fit_to_model(timm_sd: StateDict, info_dict: dict, vit) -> StateDict:
     ``vit.state_dict()``'s keys."""
     if _has_pos_table(timm_sd):
         raise CheckpointError(_not_dinov3_message(timm_sd))
-    info = dict(info_dict) if isinstance(info_dict, dict) else dict(vars(info_dict))  # or a CheckpointInfo
-    if "mlp" not in info and "swiglu" in info:
-        info["mlp"] = "swiglu" if info["swiglu"] else "mlp"
+    unknown = {k: v for k, v in kwargs.items() if k != "patch_resize"}  # DINOv2's option: nothing to resample
+    if unknown:
+        raise TypeError(f"DINOv3 fit_to_model got unexpected options {sorted(unknown)}")
+    info = _as_dict(info_dict)
     target = vit.state_dict()
     blk0 = vit.blocks[0] if len(vit.blocks) else None
     model = dict(
