@@ -275,3 +275,12 @@ def test_demo_trainer_set_max_iter(tiny_synth, tmp_path):
     assert probe.lrs[0] < base and probe.lrs[2] == pytest.approx(base)  # warm-up: 2 iterations
     assert probe.lrs[5] == pytest.approx(base) and probe.lrs[6] == pytest.approx(0.1 * base)  # milestone 6
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_demo_plan_arithmetic():
+    from d2reg.demo import plan_iterations, scale_steps
+
+    assert plan_iterations(10, 0.5, 100.0, 800) == 210  # 200 more steps fit
+    assert plan_iterations(10, 0.5, 1000.0, 800) == 800  # never beyond the tuned recipe
+    assert plan_iterations(10, 0.5, -5.0, 800) == 10  # budget spent: stop now
+    assert scale_steps([700], 800, 400) == [350] and scale_steps([620], 700, 7) == [6]

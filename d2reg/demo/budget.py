@@ -47,10 +47,10 @@ class TimeBudget(HookBase):
     After iteration ``first_plan`` the mean step time since iteration ``measure_from`` (steps before it
     carry start-up costs) gives the plan: as many iterations as fit before ``end_by`` minus what comes
     after training (``reserve_steps`` step times plus ``reserve_s`` seconds: evaluation, the picture),
-    capped by the trainer's ``max_iter`` (the tuned recipe). Every ``replan_period`` iterations, while
-    fewer than ``replan_until`` of the planned iterations are done (before the LR drop), the plan is
-    re-made from the recent step time, so a machine that speeds up or slows down (other load) still
-    finishes on time. A plan is applied through ``trainer.set_max_iter``.
+    capped by the trainer's ``max_iter`` (the tuned recipe). Every ``replan_period`` iterations the plan
+    is re-made from the recent step time, so a machine that slows down or speeds up (other load) still
+    finishes on time: it may grow while fewer than ``replan_until`` of the planned iterations are done
+    (before the LR drop), and shrink at any time. A plan is applied through ``trainer.set_max_iter``.
     """
 
     def __init__(self, end_by: float, reserve_steps: float = 0.0, reserve_s: float = 0.0, measure_from: int = 3,
@@ -84,14 +84,15 @@ class TimeBudget(HookBase):
         if done < self.first_plan:
             return
         first = not self.plans
-        if not first and ((done - self.first_plan) % self.replan_period or done >= self.replan_until * self.plans[-1]):
+        if not first and (done - self.first_plan) % self.replan_period:
             return
         since = self.measure_from if first else max(self.measure_from, it - self.replan_period)
-        self.step_time = (now - self._stamps[since]) / (it - since)
-        left = self.end_by - now - self.reserve_steps * self.step_time - self.reserve_s
-        n = plan_iterations(done, self.step_time, left, self.tuned_max_iter)
-        if not first and n == self.plans[-1]:
-            return
+        step_time = (now - self._stamps[since]) / (it - since)
+        left = self.end_by - now - self.reserve_steps * step_time - self.reserve_s
+        n = plan_iterations(done, step_time, left, self.tuned_max_iter)
+        if not first and (n == self.plans[-1] or (done >= self.replan_until * self.plans[-1] and n > self.plans[-1])):
+            return  # late in the run (past the LR drop, or near it): only ever shorten
+        self.step_time = step_time
         self.plans.append(n)
         if n != self.trainer.max_iter:
             self.trainer.set_max_iter(n)
