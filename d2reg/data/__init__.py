@@ -1,7 +1,8 @@
 """The embedded synthetic data set (coloured shapes), registered in detectron2's catalogs on import.
 
-Registered names (generated lazily, on first ``DatasetCatalog.get``, under ``$D2REG_CACHE`` or
-``~/.cache/d2reg``; deterministic from the seed):
+Registered names (generated lazily, on the first ``DatasetCatalog.get`` or the first read of a path in
+their metadata, under ``$D2REG_CACHE`` or ``~/.cache/d2reg``; deterministic from the seed; nobody has
+to prepare them):
 
 - ``d2reg_synth_train`` / ``d2reg_synth_val``: COCO instances json layout, ``evaluator_type="coco"``,
   ``thing_classes = SYNTH_THING_CLASSES`` (3 shapes), ``json_file`` set for ``COCOEvaluator``.
