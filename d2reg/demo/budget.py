@@ -54,7 +54,7 @@ class TimeBudget(HookBase):
     """
 
     def __init__(self, end_by: float, reserve_steps: float = 0.0, reserve_s: float = 0.0, measure_from: int = 3,
-                 first_plan: int = 10, replan_period: int = 50, replan_until: float = 0.7,
+                 first_plan: int = 10, replan_period: int = 20, replan_until: float = 0.7,
                  log: Optional[Callable[[str], None]] = print):
         if not 0 <= measure_from < first_plan:
             raise ValueError(f"need 0 <= measure_from < first_plan, got {measure_from}, {first_plan}.")
