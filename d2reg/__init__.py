@@ -3,19 +3,18 @@
 Importing d2reg registers ``build_d2reg_sfp_backbone`` and ``build_d2reg_vit_backbone`` in detectron2's
 ``BACKBONE_REGISTRY`` and ``LinearSemSegHead`` in ``SEM_SEG_HEADS_REGISTRY``.
 """
-from .checkpoint import CheckpointError, CheckpointInfo, load_dinov2_checkpoint
+from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, load_dinov2_checkpoint
 from .config import add_d2reg_config
 from .modeling import (
-    ARCHS,
     DINOv2Backbone,
     LinearSemSegHead,
     SimpleFeaturePyramid,
-    ViTArch,
+    ViTBackbone,
     build_d2reg_sfp_backbone,
     build_d2reg_vit_backbone,
-    create_dinov2_vit,
 )
 from .solver import lr_decay_rate
+from .vit import ARCHS, ViTArch, create_dinov2_vit
 
 __version__ = "0.1.0"
 
@@ -26,11 +25,13 @@ __all__ = [
     "DINOv2Backbone",
     "LinearSemSegHead",
     "SimpleFeaturePyramid",
+    "ViTBackbone",
     "ViTArch",
     "add_d2reg_config",
     "build_d2reg_sfp_backbone",
     "build_d2reg_vit_backbone",
     "create_dinov2_vit",
+    "load_checkpoint",
     "load_dinov2_checkpoint",
     "lr_decay_rate",
 ]

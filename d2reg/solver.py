@@ -15,6 +15,8 @@ from detectron2.config import CfgNode
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 
+from .config import resolve_recipe
+
 __all__ = [
     "NO_WEIGHT_DECAY",
     "NO_WEIGHT_DECAY_NAMES",
@@ -71,6 +73,8 @@ def get_d2reg_optimizer_params(model: torch.nn.Module, base_lr: float, lr_decay:
     """detectron2's ``get_default_optimizer_params`` with the layer-wise lr factor of
     :func:`lr_decay_rate` (``num_layers`` = the blocks the backbone keeps) and no weight decay on
     :data:`NO_WEIGHT_DECAY_NAMES`. ``kwargs`` go to ``get_default_optimizer_params``."""
+    if not 0.0 < lr_decay <= 1.0:
+        raise ValueError(f"layer-wise lr decay must be in (0, 1] (1.0: off), got {lr_decay}.")
     name, backbone = find_vit_backbone(model)
     lr_factor_func = None
     if backbone is not None and lr_decay != 1.0:
@@ -88,7 +92,7 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     params = get_d2reg_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
-        lr_decay=cfg.MODEL.D2REG.LR_DECAY,
+        lr_decay=resolve_recipe(cfg).MODEL.D2REG.LR_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,

@@ -21,6 +21,18 @@ TINY_INSTANCE = TINY_YACS + [
 ]
 TINY_SEM_SEG = TINY_YACS + ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "32"]
 
+# The LazyConfig demo (configs/demo/mask_rcnn_vit_tiny_synth.py), made tiny the same way.
+LAZY_TINY = [
+    "model.backbone.net.embed_dim=64", "model.backbone.net.depth=2", "model.backbone.net.num_heads=2",
+    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+    "dataloader.train.mapper.augmentations.0.short_edge_length=64",
+    "dataloader.train.mapper.augmentations.0.max_size=64",
+    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
+    "dataloader.test.mapper.augmentations.0.max_size=64",
+    "model.roi_heads.batch_size_per_image=16", "model.proposal_generator.batch_size_per_image=32",
+    "train.seed=7", "train.max_iter=4", "train.checkpointer.period=2",
+]
+
 
 def load_tool(name: str):
     """tools/<name>.py as a module (a ``tools`` package from site-packages may shadow the folder)."""

@@ -8,50 +8,31 @@ import os
 import sys
 
 import pytest
-import torch
+
+from d2reg.testing import TINY_ARCH, TINY_IMG, write_random_checkpoint
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/official_reference.py
 
 
-# Tiny random models: 32-wide, 2 blocks, 2 heads; position grid 16x16 (224 px at patch 14).
-TINY_ARCH = dict(embed_dim=32, depth=2, num_heads=2)
-TINY_IMG = 224
 
 
 @pytest.fixture
 def tiny_kwargs():
-    """DINOv2Backbone kwargs for a tiny model whose stored position grid is 16x16 (224 px / 14)."""
+    """DINOv2Backbone kwargs for the tiny model (:data:`d2reg.testing.TINY_ARCH`, position grid 16x16)."""
     return dict(TINY_ARCH, pretrain_img_size=TINY_IMG)
 
 
 @pytest.fixture
 def write_ckpt(tmp_path):
     """``write_ckpt(name, layout="official", arch="vit_small", num_register_tokens=4, seed=0,
-    img_size=224, **arch_overrides) -> (path, official_state_dict)``: a random tiny checkpoint in
-    ``layout`` under tmp_path: "official"; "timm" (converted by timm's checkpoint filter); "hf" (the
-    tensors transformers' save_pretrained writes). The suffix picks torch.save or safetensors."""
-    from d2reg.checkpoint.formats import official_to_timm
-    from d2reg.checkpoint.testing import hf_saved_state_dict, official_to_hf_model, random_official_state_dict
+    img_size=224, **arch_overrides) -> (path, official_state_dict)``: a random tiny checkpoint under
+    tmp_path, written by :func:`d2reg.testing.write_random_checkpoint` (the suffix picks the file type)."""
 
     def write(name, layout="official", arch="vit_small", num_register_tokens=4, seed=0, img_size=TINY_IMG,
               **overrides):
-        spec = dict(TINY_ARCH, **overrides)
-        sd = random_official_state_dict(arch, num_register_tokens, img_size=img_size, seed=seed, **spec)
-        if layout == "official":
-            out = sd
-        elif layout == "timm":
-            out = official_to_timm(dict(sd))
-        elif layout == "hf":
-            out = hf_saved_state_dict(official_to_hf_model(sd, spec["num_heads"], img_size=img_size))
-        else:
-            raise ValueError(layout)
         path = str(tmp_path / name)
-        if path.endswith(".safetensors"):
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in out.items()}, path)
-        else:
-            torch.save(out, path)
+        sd = write_random_checkpoint(path, layout, arch, num_register_tokens, seed=seed, img_size=img_size,
+                                     **dict(TINY_ARCH, **overrides))
         return path, sd
 
     return write

@@ -29,7 +29,7 @@ from d2reg.analysis import (
     pca_rgb,
     peek_checkpoint,
 )
-from d2reg.checkpoint.testing import random_official_state_dict
+from d2reg.testing import random_official_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D, DEPTH, HEADS, K = 32, 4, 2, 2

@@ -9,7 +9,7 @@ from official_reference import interpolate_pos_encoding
 from timm.layers import resample_abs_pos_embed
 
 from d2reg import DINOv2Backbone
-from d2reg.modeling.vit import interpolate_pos_embed
+from d2reg.vit import interpolate_pos_embed
 
 
 def _kw(**kw):

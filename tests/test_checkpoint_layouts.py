@@ -11,7 +11,7 @@ from official_reference import official_forward, official_patch_tokens
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from d2reg import DINOv2Backbone, load_dinov2_checkpoint
-from d2reg.checkpoint.testing import hf_saved_state_dict, official_to_hf_model
+from d2reg.testing import hf_saved_state_dict, official_to_hf_model
 
 TOL = 1e-4
 NATIVE = (224, 224)  # the tiny models' stored 16x16 position grid (224 / 14)
@@ -208,7 +208,7 @@ def test_hf_prefixed_classifier_checkpoint(write_ckpt, tmp_path, regs):
 
 def test_write_random_checkpoint_hf(tmp_path):
     """The library helper writes the file layout of transformers' save_pretrained."""
-    from d2reg.checkpoint.testing import write_random_checkpoint
+    from d2reg.testing import write_random_checkpoint
 
     path = str(tmp_path / "rand.safetensors")
     sd = write_random_checkpoint(path, "hf", num_register_tokens=4, embed_dim=32, depth=2, num_heads=2)
@@ -279,7 +279,7 @@ def test_checkpoint_info(write_ckpt, layout, arch, regs, swiglu):
 
 
 def test_checkpoint_info_standard_width(tmp_path):
-    from d2reg.checkpoint.testing import random_official_state_dict
+    from d2reg.testing import random_official_state_dict
 
     sd = random_official_state_dict("vit_small", 4, img_size=56, depth=1)  # ViT-S width, 1 block, 4x4 grid
     path = str(tmp_path / "s.pth")

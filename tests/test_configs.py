@@ -294,8 +294,6 @@ def test_yacs_recipe_placeholders():
         yacs_cfg("COCO/mask_rcnn_vit_b_100ep.yaml", "MODEL.D2REG.ARCH", "vit_huge")
 
 
-@pytest.mark.xfail(strict=True, reason="wiring pending: DINOv2Backbone.from_config and d2reg.solver.build_optimizer "
-                   "must read d2reg.config.resolve_recipe(cfg); remove this marker once they do")
 def test_yacs_builders_resolve_the_recipe():
     """build_model / build_optimizer on an unresolved shipped YACS config take the recipe's values
     (any caller: tools/train_net.py, tests, tools that build a model from a config)."""

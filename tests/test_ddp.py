@@ -6,7 +6,7 @@ import os
 import socket
 
 import torch
-from _tools import DEMO, TINY_DATA, TINY_INSTANCE, load_tool
+from _tools import DEMO, LAZY_TINY, TINY_DATA, TINY_INSTANCE, load_tool, parse
 
 SEED = 1234
 NO_FLIP = ["INPUT.RANDOM_FLIP", "none"]  # the same batch in both runs, no random augmentation
@@ -67,10 +67,12 @@ def _worker(out_dir, data_root):
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     torch.save(grads, os.path.join(out_dir, f"grads_rank{rank}.pth"))
 
-    # Real training steps through tools/train_net.py under DDP (an unused parameter would make
-    # DDP fail on the second iteration), then the distributed COCO evaluation.
-    tool = load_tool("train_net")
-    args, _ = _cfg(os.path.join(out_dir, "train"), "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "4")
+    # Real training steps under DDP (an unused parameter would make DDP fail on the second
+    # iteration), then the distributed COCO evaluation. tools/lazyconfig_train_net.py: its loop wraps
+    # CPU models for gloo (detectron2's DefaultTrainer, behind train_net.py, passes GPU device_ids).
+    tool = load_tool("lazyconfig_train_net")
+    args = parse(tool, "mask_rcnn_vit_tiny_synth.py", *LAZY_TINY, "train.max_iter=3",
+                     "dataloader.train.total_batch_size=4", f"train.output_dir={os.path.join(out_dir, 'train')}")
     res = tool.main(args)
     if rank == 0:
         assert "bbox" in res and "segm" in res

@@ -27,9 +27,9 @@ from detectron2.structures import ImageList
 from omegaconf import OmegaConf
 
 from d2reg import ARCHS
-from d2reg.checkpoint.testing import write_random_checkpoint
 from d2reg.detrex import backbone_output_shape, match_neck_to_backbone
 from d2reg.recipes import get_recipe, official_checkpoint
+from d2reg.testing import write_random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "detrex"

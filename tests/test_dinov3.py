@@ -287,8 +287,6 @@ def test_dinov2_files_are_not_dinov3():
         fmt.fit_to_model(v2_timm, {}, create_dinov3_vit("vit_small", embed_dim=64, depth=1, device="meta"))
 
 
-@pytest.mark.xfail(strict=True, reason="d2reg.checkpoint.dinov2.detect_layout still claims DINOv3 timm-layout "
-                   "files (it relies on FAMILIES order); DINOv2 always has pos_embed: require it, then drop this mark")
 def test_dinov2_detection_does_not_claim_dinov3(tmp_path):
     from d2reg.checkpoint import dinov2
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from d2reg import CheckpointError, DINOv2Backbone, load_dinov2_checkpoint
-from d2reg.checkpoint.testing import random_official_state_dict
+from d2reg.testing import random_official_state_dict
 
 
 def _kw(**kw):
@@ -127,10 +127,10 @@ def test_wrong_register_count(write_ckpt):
 
 def test_swiglu_mismatch(write_ckpt):
     giant, _ = write_ckpt("g.pth", arch="vit_giant2")
-    with pytest.raises(CheckpointError, match="checkpoint MLP is SwiGLU, config vit_small uses GELU"):
+    with pytest.raises(CheckpointError, match="checkpoint MLP is SwiGLU, config .* uses GELU"):
         DINOv2Backbone(arch="vit_small", weights=giant, **_kw())
     small, _ = write_ckpt("s.pth", arch="vit_small")
-    with pytest.raises(CheckpointError, match="checkpoint MLP is GELU, config vit_giant2 uses SwiGLU"):
+    with pytest.raises(CheckpointError, match="checkpoint MLP is GELU, config .* uses SwiGLU"):
         DINOv2Backbone(arch="vit_giant2", weights=small, **_kw())
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from d2reg import DINOv2Backbone
-from d2reg.modeling.vit import resize_patch_embed_weight
+from d2reg.vit import resize_patch_embed_weight
 
 # Relative L2 error of the PI-resized projection vs the patch-14 projection on smooth content.
 # Measured ~0.3-0.4% (the residue is the difference between bilinear whole-image upsampling and the

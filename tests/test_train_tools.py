@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from _tools import DEMO, TINY_DATA, TINY_INSTANCE, TINY_SEM_SEG, load_tool, parse
+from _tools import DEMO, LAZY_TINY, TINY_DATA, TINY_INSTANCE, TINY_SEM_SEG, load_tool, parse
 
 from d2reg import CheckpointError, DINOv2Backbone
 
@@ -80,16 +80,6 @@ def test_train_resume_eval_sem_seg(tiny_synth, tmp_path):
     assert 0.0 <= res["sem_seg"]["mIoU"] <= 100.0
 
 
-LAZY_TINY = [
-    "model.backbone.net.embed_dim=64", "model.backbone.net.depth=2", "model.backbone.net.num_heads=2",
-    "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
-    "dataloader.train.mapper.augmentations.0.short_edge_length=64",
-    "dataloader.train.mapper.augmentations.0.max_size=64",
-    "dataloader.test.mapper.augmentations.0.short_edge_length=64",
-    "dataloader.test.mapper.augmentations.0.max_size=64",
-    "model.roi_heads.batch_size_per_image=16", "model.proposal_generator.batch_size_per_image=32",
-    "train.seed=7", "train.max_iter=4", "train.checkpointer.period=2",
-]
 
 
 def test_lazy_train_resume_eval_instance(tiny_synth, tmp_path):

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from d2reg.engine.checkpoint import convert_to_detectron2
+from d2reg.checkpoint import convert_to_detectron2
 
 
 def main(argv=None):
@@ -24,13 +24,16 @@ def main(argv=None):
     parser.add_argument("src", help="local DINOv2 checkpoint (.pth/.pt/.bin/.safetensors)")
     parser.add_argument("dst", help="output .pth")
     parser.add_argument("--patch-size", type=int, default=16)
-    parser.add_argument("--patch-resize", choices=("pi", "bicubic"), default="pi")
-    parser.add_argument("--pretrain-img-size", type=int, default=518, help="MODEL.D2REG.PRETRAIN_IMG_SIZE")
+    parser.add_argument("--patch-resize", choices=("pi", "bicubic"), default=None,
+                        help="DINOv2: how 14-px kernels are resized (default pi)")
+    parser.add_argument("--pretrain-img-size", type=int, default=None,
+                        help="DINOv2: MODEL.D2REG.PRETRAIN_IMG_SIZE of the model that will load it (default 518)")
     parser.add_argument("--final-norm", action="store_true", help="keep the final LayerNorm (FINAL_NORM True)")
     parser.add_argument("--prefix", default="backbone.net.vit.")
     args = parser.parse_args(argv)
-    out = convert_to_detectron2(args.src, args.patch_size, args.patch_resize, args.pretrain_img_size,
-                                args.final_norm, args.prefix)
+    family_kwargs = {k: v for k, v in (("patch_resize", args.patch_resize),
+                                         ("pretrain_img_size", args.pretrain_img_size)) if v is not None}
+    out = convert_to_detectron2(args.src, args.patch_size, args.final_norm, args.prefix, **family_kwargs)
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     torch.save(out, args.dst)
     print(f"{args.src} -> {args.dst}: {len(out['model'])} tensors under {args.prefix!r} ({out['__author__']})")

@@ -14,7 +14,7 @@ from detectron2.structures import ImageList
 from tabulate import tabulate
 
 from d2reg import DINOv2Backbone, SimpleFeaturePyramid
-from d2reg.checkpoint.testing import write_random_checkpoint
+from d2reg.testing import write_random_checkpoint
 
 
 def main() -> None:

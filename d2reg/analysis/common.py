@@ -20,11 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checkpoint import CheckpointInfo
-from ..checkpoint.formats import detect_format, infer_info, to_timm, unwrap_state_dict
-from ..checkpoint.loader import read_state_dict
+from ..checkpoint import CheckpointInfo, read_checkpoint_info
 from ..modeling import DINOv2Backbone
-from ..modeling.vit import ARCHS, PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, ViTArch, get_arch
+from ..vit import ARCHS, PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, ViTArch, get_arch
 
 logger = logging.getLogger(__name__)
 
@@ -114,29 +112,8 @@ class AnalysisModel:
 
 
 def peek_checkpoint(path: str) -> CheckpointInfo:
-    """The architecture of a checkpoint from its tensor shapes alone (memory-mapped or header-only
-    read, no tensor data): the same layout detection and conversion as
-    :func:`d2reg.load_dinov2_checkpoint`, run on meta tensors."""
-    path = os.fspath(path)
-    if path.endswith(".safetensors") and os.path.isfile(path):
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            raw = {k: _meta(f.get_slice(k).get_shape(), torch.float32) for k in f.keys()}
-    else:
-        try:
-            raw = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
-        except Exception:  # legacy (non-zip) files cannot be memory-mapped; read_state_dict explains errors
-            raw = read_state_dict(path)
-        raw = {k: _meta(v.shape, v.dtype) for k, v in raw.items()}
-    fmt = detect_format(raw)
-    info = infer_info(to_timm(raw, fmt), "timm")
-    info.format, info.path = fmt, path
-    return info
-
-
-def _meta(shape, dtype) -> torch.Tensor:
-    return torch.empty(tuple(shape), dtype=dtype, device="meta")
+    """The architecture of a checkpoint from its tensor shapes alone: :func:`d2reg.checkpoint.read_checkpoint_info`."""
+    return read_checkpoint_info(path)
 
 
 def load_model(
@@ -160,7 +137,7 @@ def load_model(
         registers = info.num_register_tokens if registers is None else registers
         if arch is None:  # custom width: shapes come from the checkpoint
             embed_dim = embed_dim or info.embed_dim
-            num_heads = num_heads or max(1, info.embed_dim // 64)
+            num_heads = num_heads or info.num_heads
             arch = ViTArch("custom", embed_dim, info.depth, num_heads, info.swiglu)
         depth = depth or info.depth
     arch = arch or "vit_small"

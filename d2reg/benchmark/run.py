@@ -61,8 +61,8 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
                arch_overrides: Optional[dict] = None, pretrain_img_size: int = 518) -> List[Case]:
     """The benchmark's cases at input ``size`` (see the module doc); unknown names raise."""
     from ..modeling import DINOv2Backbone, SimpleFeaturePyramid
-    from ..modeling.vit import get_arch
     from ..modeling.window import default_window_block_indexes
+    from ..vit import get_arch
 
     arch_overrides = {k: v for k, v in (arch_overrides or {}).items() if v}
     spec = get_arch(arch, **arch_overrides)
@@ -242,7 +242,7 @@ def run_benchmark(
                 log(f"size {size}, batch {bs}: training step of {list(steps)} ...")
                 t_step = time_interleaved(steps, dev, warmup, repeats)
             if "d2reg" in fwd:
-                from ..modeling.vit import get_arch
+                from ..vit import get_arch
 
                 spec = get_arch(arch, **{k: v for k, v in (arch_overrides or {}).items() if v})
                 d2 = next(c for c in size_cases if c.name == "d2reg")

@@ -1,14 +1,33 @@
-"""Checkpoint reading and layout conversion (official / timm / Hugging Face / detectron2)."""
-from .formats import CheckpointError, CheckpointInfo, detect_format, hf_to_official, infer_info, to_timm
-from .loader import load_dinov2_checkpoint, read_state_dict
+"""Checkpoints: one pipeline (read -> detect -> convert -> fit) and one format module per family.
+
+Depends on :mod:`d2reg.vit`, torch, timm and safetensors only (no detectron2).
+"""
+from . import dinov2
+from .errors import CheckpointError, CheckpointInfo, StateDict
+from .io import D2_PREFIXES, read_state_dict, unwrap_state_dict
+from .pipeline import (
+    FAMILIES,
+    convert_to_detectron2,
+    detect,
+    fit_state_dict,
+    load_checkpoint,
+    load_dinov2_checkpoint,
+    read_checkpoint_info,
+)
 
 __all__ = [
+    "D2_PREFIXES",
+    "FAMILIES",
     "CheckpointError",
     "CheckpointInfo",
-    "detect_format",
-    "hf_to_official",
-    "infer_info",
+    "StateDict",
+    "convert_to_detectron2",
+    "detect",
+    "dinov2",
+    "fit_state_dict",
+    "load_checkpoint",
     "load_dinov2_checkpoint",
+    "read_checkpoint_info",
     "read_state_dict",
-    "to_timm",
+    "unwrap_state_dict",
 ]

@@ -1,5 +1,5 @@
 """Training helpers behind ``tools/train_net.py`` and ``tools/lazyconfig_train_net.py``."""
-from .checkpoint import D2RegCheckpointer, RNGState, convert_for_backbone, convert_to_detectron2
+from .checkpointer import D2RegCheckpointer, RNGState
 from .data import ResumableTrainingSampler, build_resumable_train_loader
 from .ddp import create_ddp_model
 from .lazy import do_test, do_train, instantiate_train_loader
@@ -12,8 +12,6 @@ __all__ = [
     "ResumableTrainingSampler",
     "build_evaluator",
     "build_resumable_train_loader",
-    "convert_for_backbone",
-    "convert_to_detectron2",
     "create_ddp_model",
     "do_test",
     "do_train",

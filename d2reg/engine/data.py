@@ -8,7 +8,7 @@ from detectron2.data import build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
 
-__all__ = ["ResumableTrainingSampler", "build_resumable_train_loader", "resumed_data_iterator"]
+__all__ = ["ResumableTrainingSampler", "build_resumable_train_loader", "resume_loader"]
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -31,14 +31,17 @@ class ResumableTrainingSampler(TrainingSampler):
 
 def build_resumable_train_loader(cfg, mapper=None):
     """``build_detection_train_loader(cfg, mapper)`` with a :class:`ResumableTrainingSampler` when
-    ``DATALOADER.SAMPLER_TRAIN`` is "TrainingSampler". Returns (loader, sampler or None)."""
+    ``DATALOADER.SAMPLER_TRAIN`` is "TrainingSampler". Returns (loader, sampler or None); the loader
+    also keeps the sampler as ``loader.resumable_sampler`` (for :func:`resume_loader`)."""
     kwargs = _train_loader_from_config(cfg, mapper)
     sampler = None
     if type(kwargs["sampler"]) is TrainingSampler:
         old = kwargs["sampler"]
         sampler = ResumableTrainingSampler(old._size, shuffle=old._shuffle, seed=old._seed)
         kwargs["sampler"] = sampler
-    return build_detection_train_loader(**kwargs), sampler
+    loader = build_detection_train_loader(**kwargs)
+    loader.resumable_sampler = sampler
+    return loader, sampler
 
 
 class _KeepTorchRNGOnFirstNext:
@@ -59,9 +62,28 @@ class _KeepTorchRNGOnFirstNext:
             torch.set_rng_state(state)
 
 
-def resumed_data_iterator(data_loader):
-    """``iter(data_loader)`` for a resumed run: its first ``next`` leaves torch's random state as it
-    was. Starting detectron2's loader draws one torch seed (``torch.utils.data.DataLoader`` iterator),
-    which the uninterrupted run drew at iteration 0, before the checkpoint; the data mapping itself
-    draws from NumPy, not torch."""
-    return _KeepTorchRNGOnFirstNext(iter(data_loader))
+class _ResumedLoader:
+    """A data loader for a resumed run: iterating it gives the loader's iterator, whose first ``next``
+    leaves torch's random state as it was. Starting detectron2's loader draws one torch seed
+    (``torch.utils.data.DataLoader`` iterator), which the uninterrupted run drew at iteration 0,
+    before the checkpoint; the data mapping itself draws from NumPy, not torch."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        return _KeepTorchRNGOnFirstNext(iter(self.loader))
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def resume_loader(data_loader, skip: int):
+    """The loader a trainer resumed at ``skip`` images (per rank) should read: its
+    :class:`ResumableTrainingSampler` (if any) skips what the run already consumed, and the first batch
+    leaves torch's random state untouched. Assign it to the trainer's public ``data_loader`` before
+    training starts."""
+    sampler = getattr(data_loader, "resumable_sampler", None)
+    if sampler is not None:
+        sampler.skip = skip
+    return _ResumedLoader(data_loader)

@@ -11,8 +11,8 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-from .checkpoint import D2RegCheckpointer, RNGState
-from .data import ResumableTrainingSampler, resumed_data_iterator
+from .checkpointer import D2RegCheckpointer, RNGState
+from .data import ResumableTrainingSampler, resume_loader
 from .ddp import create_ddp_model
 
 __all__ = ["do_test", "do_train", "instantiate_train_loader"]
@@ -39,7 +39,9 @@ def instantiate_train_loader(train_cfg):
     kwargs = {k: instantiate(train_cfg[k]) for k in train_cfg if k != "_target_"}
     sampler = ResumableTrainingSampler(len(kwargs["dataset"]))
     kwargs["sampler"] = sampler
-    return target(**kwargs), sampler
+    loader = target(**kwargs)
+    loader.resumable_sampler = sampler
+    return loader, sampler
 
 
 def do_train(args, cfg):
@@ -50,7 +52,7 @@ def do_train(args, cfg):
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    train_loader, sampler = instantiate_train_loader(cfg.dataloader.train)
+    train_loader, _ = instantiate_train_loader(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
     checkpointer = D2RegCheckpointer(model, cfg.train.output_dir, trainer=trainer, rng=RNGState())
@@ -71,8 +73,8 @@ def do_train(args, cfg):
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     if start_iter > 0:
-        if sampler is not None:
-            sampler.skip = start_iter * (cfg.dataloader.train.total_batch_size // comm.get_world_size())
-        trainer._data_loader_iter_obj = resumed_data_iterator(trainer.data_loader)
+        trainer.data_loader = resume_loader(
+            trainer.data_loader, start_iter * (cfg.dataloader.train.total_batch_size // comm.get_world_size())
+        )
     trainer.train(start_iter, cfg.train.max_iter)
     return results.get("last")

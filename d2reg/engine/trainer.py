@@ -8,17 +8,15 @@ import weakref
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup
+from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
-from ..config import add_d2reg_config
+from ..config import add_d2reg_config, resolve_recipe
 from ..data.readers import load_sem_seg_gt
 from ..solver import build_optimizer
-from .checkpoint import D2RegCheckpointer, RNGState
-from .data import build_resumable_train_loader, resumed_data_iterator
-from .ddp import create_ddp_model
+from .checkpointer import D2RegCheckpointer, RNGState
+from .data import build_resumable_train_loader, resume_loader
 
 __all__ = ["D2RegTrainer", "build_evaluator", "setup_cfg"]
 
@@ -36,6 +34,7 @@ def setup_cfg(args) -> CfgNode:
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         logging.getLogger(__name__).warning("SOLVER.AMP.ENABLED needs a GPU: training in fp32 on the CPU.")
         cfg.SOLVER.AMP.ENABLED = False
+    cfg = resolve_recipe(cfg)  # the dumped config.yaml shows the recipe's concrete values
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -56,44 +55,40 @@ def build_evaluator(cfg, dataset_name: str, output_folder=None):
 
 
 class D2RegTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with:
+    """``DefaultTrainer`` through its override points, with:
 
-    - :func:`d2reg.engine.build_optimizer` (SGD/AdamW, layer-wise lr decay ``MODEL.D2REG.LR_DECAY``,
+    - :func:`d2reg.solver.build_optimizer` (SGD/AdamW, layer-wise lr decay ``MODEL.D2REG.LR_DECAY``,
       gradient clipping);
-    - :class:`D2RegCheckpointer` (DINOv2 files as ``MODEL.WEIGHTS``; a file matching nothing is an
-      error) saving random states too, and a training sampler that skips what a resumed run has
+    - :class:`D2RegCheckpointer` (d2reg-family files as ``MODEL.WEIGHTS``; a file matching nothing is
+      an error) saving random states too, and a training sampler that skips what a resumed run has
       already seen, so ``--resume`` gives the weights of an uninterrupted run;
     - COCO / sem-seg evaluators by ``evaluator_type``; ``train()`` returns the last evaluation.
+
+    Multi-process training wraps the model with detectron2's ``create_ddp_model``, which passes
+    ``device_ids`` (GPU processes). Multi-process CPU (gloo) training runs through
+    ``tools/lazyconfig_train_net.py``, whose loop uses :func:`d2reg.engine.create_ddp_model`.
     """
 
     def __init__(self, cfg):
-        TrainerBase.__init__(self)  # DefaultTrainer.__init__ with the d2reg checkpointer and sampler
-        logger = logging.getLogger("detectron2")
-        if not logger.isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader, self._train_sampler = build_resumable_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self._rng = RNGState()
+        super().__init__(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_resumable_train_loader(cfg)[0]
+
+    def build_hooks(self):
+        # DefaultTrainer builds a plain DetectionCheckpointer just before its hooks: swap in d2reg's.
         self.checkpointer = D2RegCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self), rng=self._rng,
-            patch_resize=cfg.MODEL.D2REG.PATCH_RESIZE,
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self), rng=self._rng,
         )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        return super().build_hooks()
 
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
-            if self._train_sampler is not None:
-                self._train_sampler.skip = self.start_iter * (self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
-            self._trainer._data_loader_iter_obj = resumed_data_iterator(self._trainer.data_loader)
+            images_per_rank = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+            self._trainer.data_loader = resume_loader(self._trainer.data_loader, self.start_iter * images_per_rank)
 
     def train(self):
         super().train()

@@ -1,17 +1,15 @@
+"""detectron2 modules: the family backbones, the simple feature pyramid, the linear sem-seg head,
+each YACS builder beside its class. Builds on :mod:`d2reg.vit` and :mod:`d2reg.checkpoint`."""
 from .backbone import DINOv2Backbone
 from .pyramid import SimpleFeaturePyramid, build_d2reg_sfp_backbone
 from .semseg import LinearSemSegHead, build_d2reg_vit_backbone
-from .vit import ARCHS, DINOv2VisionTransformer, ViTArch, create_dinov2_vit, interpolate_pos_embed
+from .vit_backbone import ViTBackbone
 
 __all__ = [
-    "ARCHS",
     "DINOv2Backbone",
-    "DINOv2VisionTransformer",
     "LinearSemSegHead",
     "SimpleFeaturePyramid",
-    "ViTArch",
+    "ViTBackbone",
     "build_d2reg_sfp_backbone",
     "build_d2reg_vit_backbone",
-    "create_dinov2_vit",
-    "interpolate_pos_embed",
 ]

@@ -10,6 +10,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import vit as d2_vit
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
+from .backbone import DINOv2Backbone
+
 __all__ = ["SimpleFeaturePyramid", "build_d2reg_sfp_backbone"]
 
 
@@ -45,8 +47,6 @@ class SimpleFeaturePyramid(d2_vit.SimpleFeaturePyramid):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        from .backbone import DINOv2Backbone
-
         c = cfg.MODEL.D2REG.SFP
         return dict(
             net=DINOv2Backbone(cfg),

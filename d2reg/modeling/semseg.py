@@ -17,6 +17,9 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
+from ..vit import get_arch, resolve_block_indices
+from .backbone import DINOv2Backbone
+
 __all__ = ["LinearSemSegHead", "build_d2reg_vit_backbone", "vit_feature_shapes"]
 
 
@@ -126,8 +129,6 @@ def build_d2reg_vit_backbone(cfg, input_shape: ShapeSpec):
     pyramid), configured by ``MODEL.D2REG.*``; outputs ``block{i}`` + ``last_feat`` at the patch
     stride. For the linear protocol: ``MODEL.D2REG.FREEZE_AT: -1`` (frozen),
     ``MODEL.D2REG.OUT_INDICES: [-1]`` or ``[-4, -3, -2, -1]``."""
-    from .backbone import DINOv2Backbone
-
     if input_shape.channels != 3:
         raise ValueError(f"DINOv2 backbones take 3-channel images; MODEL.PIXEL_MEAN has {input_shape.channels}.")
     return DINOv2Backbone(cfg)
@@ -144,7 +145,6 @@ def vit_feature_shapes(
     """What ``DINOv2Backbone(arch, out_indices=..., patch_size=..., embed_dim=..., depth=...)
     .output_shape()`` returns, without building it: the ``input_shape`` of a head in a LazyConfig,
     e.g. ``L(LinearSemSegHead)(input_shape=L(vit_feature_shapes)(arch="${..backbone.arch}", ...))``."""
-    from .vit import get_arch, resolve_block_indices
 
     spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     take = resolve_block_indices(list(out_indices), spec.depth)

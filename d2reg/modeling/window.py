@@ -48,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 
-from .vit import resolve_block_indices
+from ..vit import resolve_block_indices
 
 __all__ = ["WindowedAttention", "default_window_block_indexes", "enable_window_attention"]
 

@@ -12,30 +12,20 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..checkpoint import CheckpointError, CheckpointInfo, detect_format, infer_info, read_state_dict, to_timm
-from ..checkpoint.formats import D2_PREFIX, unwrap_state_dict
-from ..modeling.backbone import DINOv2Backbone, _short
+from ..checkpoint import D2_PREFIXES, CheckpointError, detect, fit_state_dict, read_state_dict, unwrap_state_dict
+from ..checkpoint.errors import short_list
+from ..checkpoint.pipeline import FAMILIES
 from ..solver import find_vit_backbone
 
-__all__ = ["D2RegCheckpointer", "RNGState", "convert_for_backbone", "convert_to_detectron2"]
+__all__ = ["D2RegCheckpointer", "RNGState"]
 
 logger = logging.getLogger(__name__)
-
-DINOV2_FORMATS = ("official", "timm", "hf")
-
-
-def convert_for_backbone(
-    sd: Dict[str, torch.Tensor], info: CheckpointInfo, backbone: DINOv2Backbone, patch_resize: str = "pi"
-) -> Dict[str, torch.Tensor]:
-    """The exact state dict of ``backbone.vit`` from timm-layout DINOv2 tensors; see
-    :meth:`DINOv2Backbone.vit_state_dict_from`."""
-    return backbone.vit_state_dict_from(sd, info, patch_resize)
 
 
 class D2RegCheckpointer(DetectionCheckpointer):
@@ -48,7 +38,8 @@ class D2RegCheckpointer(DetectionCheckpointer):
     behaves as in detectron2.
     """
 
-    def __init__(self, model, save_dir: str = "", *, patch_resize: str = "pi", save_to_disk=None, **checkpointables):
+    def __init__(self, model, save_dir: str = "", *, patch_resize: Optional[str] = None, save_to_disk=None,
+                 **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.patch_resize = patch_resize
         self._loading: Optional[str] = None
@@ -66,28 +57,34 @@ class D2RegCheckpointer(DetectionCheckpointer):
         if not isinstance(weights, dict):
             return loaded
         try:
-            raw = unwrap_state_dict(weights)
-            fmt = detect_format(raw)
+            family, fmt, sd = detect(unwrap_state_dict(weights))
         except CheckpointError:
-            return loaded  # not a DINOv2 layout: plain detectron2 loading (and the no-match check)
-        backbone_only = fmt == "detectron2" and all(k.startswith(D2_PREFIX) for k in weights)
-        if fmt not in DINOV2_FORMATS and not backbone_only:
+            return loaded  # not a d2reg family's layout: plain detectron2 loading (and the no-match check)
+        if fmt == "detectron2" and not all(k.startswith(D2_PREFIXES) for k in weights):
             return loaded  # a detectron2 checkpoint of a whole model: loaded as is
         name, backbone = find_vit_backbone(self.model)
         if backbone is None:
             raise CheckpointError(
-                f"{filename!r} is a DINOv2 checkpoint ({fmt} layout) but the model has no d2reg "
-                "DINOv2Backbone to load it into."
+                f"{filename!r} is a {family} checkpoint ({fmt} layout) but the model has no d2reg ViT "
+                "backbone to load it into."
             )
-        sd = to_timm(raw, fmt)
-        info = infer_info(sd, "timm")
-        info.format, info.path = fmt, filename
-        converted = convert_for_backbone(sd, info, backbone, self.patch_resize)
+        if backbone.checkpoint_family != family:
+            raise CheckpointError(
+                f"{filename!r} is a {family} checkpoint ({fmt} layout), but the model's backbone is "
+                f"{type(backbone).__name__} ({backbone.checkpoint_family}). Pass a {backbone.checkpoint_family} "
+                f"file, or build the {family} backbone (MODEL.D2REG.FAMILY {family})."
+            )
+        module = FAMILIES[family]
+        sd = module.to_timm(sd, "timm" if fmt == "detectron2" else fmt)
+        info = module.checkpoint_info(sd, fmt, filename)
+        fit_kwargs = dict(backbone.fit_kwargs)
+        if self.patch_resize is not None:
+            fit_kwargs["patch_resize"] = self.patch_resize
+        converted = fit_state_dict(sd, info, backbone.vit, **fit_kwargs)
         prefix = f"{name}.vit." if name else "vit."
         self.logger.info(
-            "d2reg: %s is a DINOv2 checkpoint (%s layout, %s, patch %d -> %d): loading %d tensors into "
-            "%s*; the rest of the model keeps its initialisation.",
-            filename, fmt, info.arch or "custom", info.patch_size, backbone.patch_size, len(converted), prefix,
+            "d2reg: %s is %s; loading %d tensors into %s* (patch %d -> %d); the rest of the model keeps its "
+            "initialisation.", filename, info.describe(), len(converted), prefix, info.patch_size, backbone.patch_size,
         )
         return {"model": {prefix + k: v for k, v in converted.items()}, "__author__": f"d2reg ({fmt} layout)"}
 
@@ -101,7 +98,7 @@ class D2RegCheckpointer(DetectionCheckpointer):
             if weights and not matched:
                 raise CheckpointError(
                     f"weights file {self._loading!r} matches none of the model's {len(own)} tensors (its "
-                    f"first keys: {_short(names, 4)}; the model's: {_short(sorted(own), 4)}). It is "
+                    f"first keys: {short_list(names, 4)}; the model's: {short_list(sorted(own), 4)}). It is "
                     "neither a checkpoint of this model nor a DINOv2 checkpoint d2reg can read; detectron2 "
                     "would have trained from random initialisation."
                 )
@@ -137,33 +134,3 @@ class RNGState:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def convert_to_detectron2(
-    path: str,
-    patch_size: int = 16,
-    patch_resize: str = "pi",
-    pretrain_img_size: int = 518,
-    final_norm: bool = False,
-    prefix: str = D2_PREFIX,
-) -> Dict[str, object]:
-    """A DINOv2 checkpoint in any layout d2reg reads -> ``{"model": {prefix + timm key: tensor}}`` for
-    a :class:`DINOv2Backbone` at ``patch_size`` (all blocks kept; the final norm only with
-    ``final_norm``), loadable by detectron2's stock ``DetectionCheckpointer`` (``MODEL.WEIGHTS`` /
-    ``train.init_checkpoint``) into a d2reg model built with the same settings."""
-    from ..checkpoint import load_dinov2_checkpoint
-
-    sd, info = load_dinov2_checkpoint(path)
-    with torch.device("meta"):  # shapes only
-        backbone = DINOv2Backbone(
-            arch="vit_giant2" if info.swiglu else (info.arch or "vit_small"),
-            embed_dim=info.embed_dim, depth=info.depth, num_heads=max(1, info.embed_dim // 64),
-            num_register_tokens=info.num_register_tokens, patch_size=patch_size,
-            pretrain_img_size=pretrain_img_size, final_norm=final_norm,
-        )
-    converted = convert_for_backbone(sd, info, backbone, patch_resize)
-    return {
-        "model": {prefix + k: v.contiguous() for k, v in converted.items()},
-        "__author__": f"d2reg convert_checkpoint ({info.format} layout, patch {info.patch_size} -> {patch_size})",
-        "matching_heuristics": False,
-    }

@@ -1,18 +1,26 @@
-"""Random DINOv2 checkpoints in each real layout, for tests, the demo and users without weights.
+"""Testing helpers (as detectron2's ``detectron2/utils/testing.py``): tiny model numbers and random
+checkpoints in each real layout, for the tests, the tools' smoke runs and users without weights.
 
 The official layout is written from the documented key names of the DINOv2 release (not derived
-from timm), the Hugging Face layout by ``transformers`` itself, the timm layout by timm.
+from timm), the Hugging Face layout by ``transformers`` itself (an optional dependency, imported
+only by the functions that need it), the timm layout by timm's own conversion.
 """
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
-from ..modeling.vit import PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, get_arch, swiglu_hidden_features
+from .checkpoint.dinov2 import HF_EMBEDDING_KEYS, HF_LAYER_RENAMES, official_to_timm, split_qkv_for_hf
+from .vit import PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, get_arch, swiglu_hidden_features
 
-__all__ = ["random_official_state_dict", "write_random_checkpoint"]
+__all__ = ["TINY_ARCH", "TINY_IMG", "hf_saved_state_dict", "official_to_hf_model", "random_official_state_dict",
+           "write_checkpoint", "write_random_checkpoint"]
+
+# The one tiny DINOv2 model of the tests: 32 wide, 2 blocks, 2 heads, position grid 16x16 (224 px / 14).
+TINY_ARCH = dict(embed_dim=32, depth=2, num_heads=2)
+TINY_IMG = 224
 
 
 def random_official_state_dict(
@@ -91,24 +99,17 @@ def official_to_hf_model(sd: Dict[str, torch.Tensor], num_heads: int, img_size: 
     else:
         model = transformers.Dinov2Model(transformers.Dinov2Config(**common))
     hf = {}
-    emb = {"cls_token": "embeddings.cls_token", "register_tokens": "embeddings.register_tokens",
-           "mask_token": "embeddings.mask_token", "pos_embed": "embeddings.position_embeddings",
-           "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-           "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-           "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
-    renames = [("attn.proj.", "attention.output.dense."), ("ls1.gamma", "layer_scale1.lambda1"),
-               ("ls2.gamma", "layer_scale2.lambda1"), ("mlp.w12.", "mlp.weights_in."), ("mlp.w3.", "mlp.weights_out.")]
+    emb = {official: name for name, official in HF_EMBEDDING_KEYS.items()}
     for k, v in sd.items():
         if k in emb:
             hf[emb[k]] = v.reshape(model.state_dict()[emb[k]].shape)
             continue
-        _, i, rest = k.split(".", 2)
-        if rest.startswith("attn.qkv."):
-            for name, part in zip(("query", "key", "value"), v.chunk(3, dim=0)):
-                hf[f"encoder.layer.{i}.attention.attention.{name}.{rest.rsplit('.', 1)[1]}"] = part
+        if ".attn.qkv." in k:
+            hf.update(split_qkv_for_hf(k, v))
             continue
-        for old, new in renames:
-            rest = rest.replace(old, new)
+        _, i, rest = k.split(".", 2)
+        for name, official in HF_LAYER_RENAMES:
+            rest = rest.replace(official, name)
         hf[f"encoder.layer.{i}.{rest}"] = v
     # The names above are the on-disk layout (hub files, save_pretrained). transformers>=5 renames
     # modules in memory (attention.q_proj, mlp.gate_proj...) and converts on load: let from_pretrained
@@ -138,34 +139,39 @@ def hf_saved_state_dict(model) -> Dict[str, torch.Tensor]:
         return load_file(os.path.join(d, "model.safetensors"))
 
 
+def write_checkpoint(path: str, tensors: Dict[str, torch.Tensor]) -> str:
+    """Save ``tensors`` to ``path``: safetensors for a ``.safetensors`` suffix, else ``torch.save``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    else:
+        torch.save(tensors, path)
+    return path
+
+
 def write_random_checkpoint(
     path: str,
     layout: str = "official",
     arch: str = "vit_small",
     num_register_tokens: int = 4,
     seed: int = 0,
-    num_heads: Optional[int] = None,
+    img_size: int = PRETRAIN_IMG_SIZE,
     **overrides,
 ) -> Dict[str, torch.Tensor]:
-    """Write a random checkpoint to ``path`` in ``layout`` ("official", "timm" or "hf"; the file
-    type follows the suffix: .safetensors or torch.save). Returns the official-layout tensors."""
-    spec = get_arch(arch, num_heads=num_heads, **overrides)
-    sd = random_official_state_dict(spec, num_register_tokens, seed=seed)
+    """Write a random DINOv2 checkpoint to ``path`` in ``layout`` ("official", "timm" or "hf"; the file
+    type follows the suffix: .safetensors or torch.save). ``overrides``: embed_dim, depth, num_heads
+    (e.g. ``**TINY_ARCH`` with ``img_size=TINY_IMG``). Returns the official-layout tensors."""
+    spec = get_arch(arch, **overrides)
+    sd = random_official_state_dict(spec, num_register_tokens, img_size=img_size, seed=seed)
     if layout == "official":
         out = sd
     elif layout == "timm":
-        from .formats import official_to_timm
-
         out = official_to_timm(dict(sd))
     elif layout == "hf":
-        out = hf_saved_state_dict(official_to_hf_model(sd, spec.num_heads))
+        out = hf_saved_state_dict(official_to_hf_model(sd, spec.num_heads, img_size=img_size))
     else:
         raise ValueError(f"layout must be 'official', 'timm' or 'hf', got {layout!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in out.items()}, path)
-    else:
-        torch.save(out, path)
+    write_checkpoint(path, out)
     return sd

@@ -1,0 +1,124 @@
+"""``ViTBackbone``: what every d2reg ViT family shares as a detectron2 ``Backbone``.
+
+A family subclass builds its timm ViT and names its checkpoint family; this base prunes the ViT to the
+blocks it returns, loads weights through :mod:`d2reg.checkpoint`'s pipeline, freezes, and runs
+``forward_intermediates`` (prefix tokens dropped, ``NCHW`` feature maps).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import Backbone
+
+from ..checkpoint import CheckpointInfo, fit_state_dict, load_checkpoint
+from ..vit import resolve_block_indices
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FreezeAt", "ViTBackbone", "check_freeze_at"]
+
+FreezeAt = Union[int, str]
+
+
+def check_freeze_at(freeze_at: FreezeAt, depth: int) -> None:
+    if not (freeze_at in ("all", -1) or (isinstance(freeze_at, int) and 0 <= freeze_at <= depth + 1)):
+        raise ValueError(f"freeze_at must be 0..{depth + 1} or 'all' (-1), got {freeze_at!r}.")
+
+
+class ViTBackbone(Backbone):
+    """Base of the family backbones: subclasses set :attr:`checkpoint_family`, build ``self.vit`` (a
+    timm ViT with ``forward_intermediates`` / ``prune_intermediate_layers``) and call :meth:`_finish`.
+
+    Output: ``{"last_feat": (N, C, ceil(H/p), ceil(W/p))}`` from the last of ``out_indices`` plus
+    ``{"block{i}": ...}`` for the others; the CLS and ``num_register_tokens`` prefix tokens are dropped.
+    Blocks after the last of ``out_indices``, the head and (unless ``final_norm``) the final norm are
+    removed, so every parameter gets a gradient and DDP needs no ``find_unused_parameters``.
+    """
+
+    checkpoint_family: str = ""
+    vit: torch.nn.Module
+
+    def _finish(self, *, embed_dim: int, depth: int, patch_size: int, out_indices: Sequence[int],
+                final_norm: bool, use_act_checkpoint: bool, freeze_at: FreezeAt,
+                weights: Optional[str], fit_kwargs: Optional[dict] = None, after_prune=None) -> None:
+        check_freeze_at(freeze_at, depth)
+        self.patch_size, self.final_norm = patch_size, final_norm
+        self._take = resolve_block_indices(out_indices, depth)
+        # indices as a list: an int means "the last n blocks" to timm and would prune nothing
+        self.vit.prune_intermediate_layers(list(self._take), prune_norm=not final_norm, prune_head=True)
+        self.vit.set_grad_checkpointing(use_act_checkpoint)
+        if after_prune is not None:
+            after_prune()
+        self.fit_kwargs = dict(fit_kwargs or {})  # how the family's fit_to_model loads files into this ViT
+        self.checkpoint_info: Optional[CheckpointInfo] = None
+        if weights:
+            self.checkpoint_info = self.load_weights(weights)
+        self._out_features = [f"block{i}" for i in self._take[:-1]] + ["last_feat"]
+        self._out_feature_channels = {name: embed_dim for name in self._out_features}
+        self._out_feature_strides = {name: patch_size for name in self._out_features}
+        self._frozen_blocks = self._freeze(freeze_at)
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, path: str) -> CheckpointInfo:
+        """Load a local checkpoint of this backbone's family (any supported layout) into the ViT;
+        see :func:`d2reg.checkpoint.load_checkpoint`. Raises :class:`d2reg.CheckpointError` on any
+        mismatch (another family, another architecture)."""
+        sd, info = load_checkpoint(path, family=self.checkpoint_family)
+        self.vit.load_state_dict(fit_state_dict(sd, info, self.vit, **self.fit_kwargs), strict=True)
+        logger.info("d2reg: loaded %s into %s (patch %d -> %d)", path, type(self).__name__, info.patch_size,
+                    self.patch_size)
+        return info
+
+    # ------------------------------------------------------------------ training
+    def _freeze(self, freeze_at: FreezeAt) -> int:
+        """Freeze the stem (and blocks); returns the number of frozen blocks."""
+        if freeze_at in ("all", -1):
+            self.vit.requires_grad_(False)
+            return len(self.vit.blocks)
+        if freeze_at == 0:
+            return 0
+        stem = [self.vit.patch_embed] + [getattr(self.vit, n, None) for n in ("cls_token", "reg_token", "pos_embed")]
+        for item in stem:
+            if item is not None:
+                item.requires_grad_(False)
+        for blk in self.vit.blocks[: freeze_at - 1]:
+            blk.requires_grad_(False)
+        return min(freeze_at - 1, len(self.vit.blocks))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for blk in self.vit.blocks[: self._frozen_blocks]:
+            blk.eval()  # frozen blocks: no stochastic depth, deterministic features
+        return self
+
+    # ------------------------------------------------------------------ detectron2 contract
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """(N, 3, H, W) -> {name: (N, C, ceil(H/p), ceil(W/p))}."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"{type(self).__name__} expects (N, 3, H, W) images, got {tuple(x.shape)}.")
+        feats = self.vit.forward_intermediates(
+            x, indices=self._take, norm=self.final_norm, output_fmt="NCHW", intermediates_only=True
+        )
+        return dict(zip(self._out_features, feats))
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            for name in self._out_features
+        }
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.patch_size
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": self.patch_size, "square_size": 0}
+
+    @property
+    def num_layers(self) -> int:
+        """Number of blocks kept (for layer-wise lr decay)."""
+        return len(self.vit.blocks)
