@@ -1,4 +1,4 @@
-"""d2reg: DINOv2(-with-registers) ViT backbones for detectron2.
+"""d2reg: DINOv2(-with-registers) and DINOv3 ViT backbones for detectron2.
 
 Importing d2reg registers ``build_d2reg_sfp_backbone`` and ``build_d2reg_vit_backbone`` in detectron2's
 ``BACKBONE_REGISTRY`` and ``LinearSemSegHead`` in ``SEM_SEG_HEADS_REGISTRY``.
@@ -7,6 +7,7 @@ from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, load_d
 from .config import add_d2reg_config
 from .modeling import (
     DINOv2Backbone,
+    DINOv3Backbone,
     LinearSemSegHead,
     SimpleFeaturePyramid,
     ViTBackbone,
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "DINOv2Backbone",
+    "DINOv3Backbone",
     "LinearSemSegHead",
     "SimpleFeaturePyramid",
     "ViTBackbone",

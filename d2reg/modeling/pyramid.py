@@ -10,7 +10,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import vit as d2_vit
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from .backbone import DINOv2Backbone
+from .families import vit_backbone_from_config
 
 __all__ = ["SimpleFeaturePyramid", "build_d2reg_sfp_backbone"]
 
@@ -49,7 +49,7 @@ class SimpleFeaturePyramid(d2_vit.SimpleFeaturePyramid):
     def from_config(cls, cfg) -> dict:
         c = cfg.MODEL.D2REG.SFP
         return dict(
-            net=DINOv2Backbone(cfg),
+            net=vit_backbone_from_config(cfg),
             in_feature="last_feat",
             out_channels=c.OUT_CHANNELS,
             scale_factors=tuple(c.SCALE_FACTORS),

@@ -18,7 +18,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from ..vit import get_arch, resolve_block_indices
-from .backbone import DINOv2Backbone
+from .families import vit_backbone_from_config
 
 __all__ = ["LinearSemSegHead", "build_d2reg_vit_backbone", "vit_feature_shapes"]
 
@@ -131,7 +131,7 @@ def build_d2reg_vit_backbone(cfg, input_shape: ShapeSpec):
     ``MODEL.D2REG.OUT_INDICES: [-1]`` or ``[-4, -3, -2, -1]``."""
     if input_shape.channels != 3:
         raise ValueError(f"DINOv2 backbones take 3-channel images; MODEL.PIXEL_MEAN has {input_shape.channels}.")
-    return DINOv2Backbone(cfg)
+    return vit_backbone_from_config(cfg)
 
 
 def vit_feature_shapes(
