@@ -1,4 +1,5 @@
-"""Shared, generic fixtures: tiny architecture numbers and a tmp checkpoint writer.
+"""Shared, generic fixtures (the tiny model of :mod:`d2reg.testing`, a tmp checkpoint writer, a tiny
+Mask R-CNN config) and the ``--runslow`` option for tests marked ``slow``.
 
 Keep this file small; test-specific helpers belong in the test files that use them.
 """
@@ -11,11 +12,26 @@ import pytest
 
 from d2reg.testing import TINY_ARCH, TINY_IMG, write_random_checkpoint
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/official_reference.py
+sys.path.insert(0, os.path.dirname(__file__))  # tests/official_reference.py, tests/_tools.py
 
 
+# ------------------------------------------------------------------ the `slow` marker (pyproject.toml)
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skip ``@pytest.mark.slow`` tests unless ``--runslow`` (pytest's documented pattern): plain
+    ``pytest tests`` (``make test``) runs the default set and lists the skipped ones under ``-ra``."""
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with pytest --runslow")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
+# ------------------------------------------------------------------------------- fixtures
 @pytest.fixture
 def tiny_kwargs():
     """DINOv2Backbone kwargs for the tiny model (:data:`d2reg.testing.TINY_ARCH`, position grid 16x16)."""

@@ -11,13 +11,13 @@ about 3-6).
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
+from _tools import load_tool
 from PIL import Image
 
 from d2reg.analysis import (
@@ -29,20 +29,13 @@ from d2reg.analysis import (
     pca_rgb,
     peek_checkpoint,
 )
-from d2reg.testing import random_official_state_dict
+from d2reg.testing import TINY_DEEP_ARCH, random_official_state_dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-D, DEPTH, HEADS, K = 32, 4, 2, 2
+D, DEPTH, HEADS = (TINY_DEEP_ARCH[k] for k in ("embed_dim", "depth", "num_heads"))
+K = 2  # the block the outlier is planted in: 4 blocks give clean blocks before and after it
 TINY = ["--num-heads", str(HEADS)]
 # (height, width in patches, extra bottom pixels that the model pads); red patches (row, col)
 RED = {"a": [(1, 2), (3, 5)], "b": [(2, 0)]}
-
-
-def tool(name):
-    spec = importlib.util.spec_from_file_location(f"d2reg_tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def outlier_state_dict(registers=4, plant=True, seed=0):
@@ -106,13 +99,14 @@ def test_token_norms_finds_planted_outliers(files, tmp_path, patch, capsys):
     root, paths = files
     imgs = write_images(str(tmp_path / "imgs"), patch)
     out = str(tmp_path / "out")
-    summary = tool("token_norms").main(
+    summary = load_tool("token_norms").main(
         [imgs, "--weights", paths["outlier4"], "--patch-size", str(patch), "--threshold", "100", "--output", out]
         + TINY
     )
     text = capsys.readouterr().out
     assert found(summary) == expected_outliers()
-    on_disk = json.load(open(os.path.join(out, "summary.json")))
+    with open(os.path.join(out, "summary.json")) as f:
+        on_disk = json.load(f)
     assert on_disk["blocks"] == summary["blocks"] and found(on_disk) == expected_outliers()
     assert on_disk["norm"] == "pre-final-norm" and "pre-final-norm" in text and "get_intermediate_layers" in text
     n_tokens = 2 * 6 * 7  # two images, 5 x 7 patches + one padded row
@@ -142,7 +136,7 @@ def test_token_norms_finds_planted_outliers(files, tmp_path, patch, capsys):
 def test_thresholds_relative_absolute_and_post_norm(files, tmp_path):
     root, paths = files
     imgs = write_images(str(tmp_path / "imgs"), 14)
-    main = tool("token_norms").main
+    main = load_tool("token_norms").main
     base = [imgs, "--weights", paths["outlier0"], "--no-plots"] + TINY  # register-free, registers read from file
 
     rel = main(base + ["--relative", "10", "--output", str(tmp_path / "rel")])
@@ -167,12 +161,13 @@ def test_compare_two_checkpoints_side_by_side(files, tmp_path):
     root, paths = files
     imgs = write_images(str(tmp_path / "imgs"), 14)
     out = tmp_path / "cmp"
-    summary = tool("token_norms").main(
+    summary = load_tool("token_norms").main(
         [os.path.join(imgs, "*.png"), "--weights", paths["outlier0"], "--compare-weights", paths["clean4"],
          "--threshold", "100", "--heatmap-blocks", "0,3", "--output", str(out)] + TINY
     )
     assert found(summary) == expected_outliers()
-    other = json.load(open(out / "compare" / "summary.json"))
+    with open(out / "compare" / "summary.json") as f:
+        other = json.load(f)
     assert other["outliers"] == [] and other["model"]["registers"] == 4 and summary["model"]["registers"] == 0
     with Image.open(out / "heatmaps" / "a.png") as im:  # 2 blocks x 2 models
         assert im.size[0] > im.size[1] * 0.8
@@ -187,7 +182,7 @@ def test_attention_maps_shapes_non_square(files, tmp_path, patch, registers):
     Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(folder / "wide.png")
     out = tmp_path / "att"
     args = [str(folder), "--weights", paths[f"outlier{registers}"], "--patch-size", str(patch), "--output", str(out)]
-    results = tool("attention_maps").main(args + TINY)
+    results = load_tool("attention_maps").main(args + TINY)
     (maps,) = results
     assert maps.cls.shape == (HEADS, 4, 6)
     assert maps.registers.shape == (registers, HEADS, 4, 6)
@@ -228,9 +223,11 @@ def test_pca_shared_basis_and_foreground(files, tmp_path):
     root, paths = files
     imgs = write_images(str(tmp_path / "imgs"), 14)
     # the same picture under a second name must get identical colours (one basis for all images)
-    Image.open(os.path.join(imgs, "a.png")).save(os.path.join(imgs, "a_copy.png"))
+    with Image.open(os.path.join(imgs, "a.png")) as im:
+        im.save(os.path.join(imgs, "a_copy.png"))
     out = tmp_path / "pca"
-    res = tool("pca_features").main([imgs, "--weights", paths["clean4"], "--block", "1", "--output", str(out)] + TINY)
+    res = load_tool("pca_features").main([imgs, "--weights", paths["clean4"], "--block", "1", "--output", str(out)]
+                                         + TINY)
     names = [im.name for im in load_images([imgs])]
     assert names == ["a", "a_copy", "b"]
     np.testing.assert_array_equal(res.rgb[0], res.rgb[1])
@@ -240,7 +237,7 @@ def test_pca_shared_basis_and_foreground(files, tmp_path):
         assert im.size == (7 * 14, 5 * 14 + 5)  # the input's size
     with Image.open(out / "pca.png") as im:
         im.load()
-    fg = tool("pca_features").main([imgs, "--weights", paths["clean4"], "--fg-threshold", "0.5", "--output",
+    fg = load_tool("pca_features").main([imgs, "--weights", paths["clean4"], "--fg-threshold", "0.5", "--output",
                                     str(tmp_path / "fg")] + TINY)
     for rgb, mask, first in zip(fg.rgb, fg.foreground, fg.first):
         np.testing.assert_array_equal(mask, first > 0.5)

@@ -9,11 +9,12 @@ from official_reference import interpolate_pos_encoding
 from timm.layers import resample_abs_pos_embed
 
 from d2reg import DINOv2Backbone
+from d2reg.testing import TINY_ARCH, TINY_IMG
 from d2reg.vit import interpolate_pos_embed
 
 
 def _kw(**kw):
-    return {**dict(embed_dim=32, depth=2, num_heads=2, pretrain_img_size=224), **kw}
+    return dict(TINY_ARCH, pretrain_img_size=TINY_IMG, **kw)  # the tiny_kwargs fixture's model
 
 
 # ---------------------------------------------------------------- position-embedding interpolation

@@ -11,9 +11,10 @@ from official_reference import official_forward, official_patch_tokens
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from d2reg import DINOv2Backbone, load_dinov2_checkpoint
-from d2reg.testing import hf_saved_state_dict, official_to_hf_model
+from d2reg.testing import TINY_ARCH, TINY_IMG, hf_saved_state_dict, official_to_hf_model
 
 TOL = 1e-4
+HEADS, WIDTH = TINY_ARCH["num_heads"], TINY_ARCH["embed_dim"]
 NATIVE = (224, 224)  # the tiny models' stored 16x16 position grid (224 / 14)
 # Non-square, non-native sizes: 182x266 (13x19 patches: the 448x644 / 32x46 case scaled to a
 # 16-grid) and 224x322 (16x23: one side native, the other upsampled).
@@ -26,7 +27,7 @@ def _img(h, w, batch=2, seed=0):
 
 def _backbone(path, arch="vit_small", regs=4, patch_size=14, **kw):
     return DINOv2Backbone(arch=arch, num_register_tokens=regs, patch_size=patch_size, weights=path,
-                          embed_dim=32, depth=2, num_heads=2, pretrain_img_size=224, **kw).eval()
+                          **TINY_ARCH, pretrain_img_size=TINY_IMG, **kw).eval()
 
 
 def _assert_close(out, ref, tol=TOL):
@@ -48,20 +49,20 @@ def test_official_layout_matches_official_forward(write_ckpt, arch, regs):
     with torch.no_grad():
         for h, w in [NATIVE] + NON_NATIVE:
             img = _img(h, w)
-            _assert_close(model(img)["last_feat"], official_patch_tokens(sd, img, num_heads=2))
+            _assert_close(model(img)["last_feat"], official_patch_tokens(sd, img, num_heads=HEADS))
 
 
 @pytest.mark.parametrize("regs", [4, 0], ids=["reg4", "register_free"])
 def test_official_layout_at_real_sizes(write_ckpt, regs):
     """The issue's sizes: a 37x37 position grid (518 px), run at 518x518 and at 448x644 (32x46)."""
     path, sd = write_ckpt("official518.pth", num_register_tokens=regs, img_size=518)
-    model = DINOv2Backbone(num_register_tokens=regs, patch_size=14, weights=path, embed_dim=32, depth=2,
-                           num_heads=2, pretrain_img_size=518).eval()
+    model = DINOv2Backbone(num_register_tokens=regs, patch_size=14, weights=path, **TINY_ARCH,
+                           pretrain_img_size=518).eval()
     assert model.checkpoint_info.pos_grid == 37
     with torch.no_grad():
         for h, w in [(518, 518), (448, 644)]:
             img = _img(h, w, batch=1)
-            _assert_close(model(img)["last_feat"], official_patch_tokens(sd, img, num_heads=2))
+            _assert_close(model(img)["last_feat"], official_patch_tokens(sd, img, num_heads=HEADS))
 
 
 @pytest.mark.parametrize("arch,regs", [("vit_small", 4), ("vit_giant2", 0)], ids=["reg4", "swiglu_register_free"])
@@ -71,9 +72,9 @@ def test_official_layout_final_norm(write_ckpt, arch, regs):
     img = _img(*NON_NATIVE[0])
     with torch.no_grad():
         out = model(img)["last_feat"]
-        _assert_close(out, official_patch_tokens(sd, img, num_heads=2, norm=True))
+        _assert_close(out, official_patch_tokens(sd, img, num_heads=HEADS, norm=True))
         # and the norm makes a difference, so the check above is not vacuous
-        assert (out - official_patch_tokens(sd, img, num_heads=2, norm=False)).abs().max() > 0.1
+        assert (out - official_patch_tokens(sd, img, num_heads=HEADS, norm=False)).abs().max() > 0.1
 
 
 def test_reference_distinguishes_interpolation_paths(write_ckpt):
@@ -84,8 +85,8 @@ def test_reference_distinguishes_interpolation_paths(write_ckpt):
     img = _img(*NON_NATIVE[0], batch=1)
     with torch.no_grad():
         out = model(img)["last_feat"]
-        sd_with_regs = dict(sd, register_tokens=torch.zeros(1, 0, 32))  # selects the reg models' path
-        wrong = official_forward(sd_with_regs, img, num_heads=2)[:, 1:].transpose(1, 2).reshape(out.shape)
+        sd_with_regs = dict(sd, register_tokens=torch.zeros(1, 0, WIDTH))  # selects the reg models' path
+        wrong = official_forward(sd_with_regs, img, num_heads=HEADS)[:, 1:].transpose(1, 2).reshape(out.shape)
     assert (out - wrong).abs().max() > 1e-2
 
 
@@ -103,7 +104,7 @@ def test_wrapped_official_checkpoints(write_ckpt, tmp_path, wrapper):
     torch.save(obj, wrapped)
     img = _img(*NON_NATIVE[0], batch=1)
     with torch.no_grad():
-        _assert_close(_backbone(wrapped)(img)["last_feat"], official_patch_tokens(sd, img, num_heads=2))
+        _assert_close(_backbone(wrapped)(img)["last_feat"], official_patch_tokens(sd, img, num_heads=HEADS))
 
 
 # ----------------------------------------------------------------------------------------- timm
@@ -122,9 +123,9 @@ def test_timm_layout_matches_timm(write_ckpt, tmp_path, name, arch, regs, size):
     _, sd = write_ckpt("unused.pth", arch=arch, num_register_tokens=regs)
     extra = {}
     if arch == "vit_giant2":  # timm's giant mlp_ratio rounds differently from the official width at dim 32
-        extra["mlp_ratio"] = (sd["blocks.0.mlp.w12.weight"].shape[0] + 0.5) / 32
-    ref = timm.create_model(name, pretrained=False, img_size=224, dynamic_img_size=True, num_classes=0,
-                            embed_dim=32, depth=2, num_heads=2, **extra).eval()
+        extra["mlp_ratio"] = (sd["blocks.0.mlp.w12.weight"].shape[0] + 0.5) / WIDTH
+    ref = timm.create_model(name, pretrained=False, img_size=TINY_IMG, dynamic_img_size=True, num_classes=0,
+                            **TINY_ARCH, **extra).eval()
     ref.load_state_dict(checkpoint_filter_fn(dict(sd), ref))  # timm's own official->timm conversion
     path = str(tmp_path / "timm.pth")
     torch.save(ref.state_dict(), path)
@@ -161,7 +162,7 @@ def _hf_patch_tokens(hf, img, regs):
 )
 def test_hf_layout_matches_transformers(write_ckpt, arch, regs, size, suffix):
     path, sd = write_ckpt("hf" + suffix, layout="hf", arch=arch, num_register_tokens=regs)
-    hf = official_to_hf_model(sd, num_heads=2, img_size=224)
+    hf = official_to_hf_model(sd, num_heads=HEADS, img_size=TINY_IMG)
     model = _backbone(path, arch, regs)
     assert model.checkpoint_info.format == "hf"
     img = _img(*size)
@@ -174,7 +175,7 @@ def test_hf_in_memory_names(write_ckpt, tmp_path, arch):
     """``torch.save(model.state_dict())`` of a transformers>=5 model uses other names than the files
     (attention.q_proj, mlp.gate_proj/up_proj/down_proj); both must load."""
     _, sd = write_ckpt("unused.pth", arch=arch)
-    hf = official_to_hf_model(sd, num_heads=2, img_size=224)
+    hf = official_to_hf_model(sd, num_heads=HEADS, img_size=TINY_IMG)
     path = str(tmp_path / "hf_state_dict.pth")
     torch.save(hf.state_dict(), path)
     img = _img(*NON_NATIVE[0])
@@ -189,7 +190,7 @@ def test_hf_prefixed_classifier_checkpoint(write_ckpt, tmp_path, regs):
     import transformers
 
     _, sd = write_ckpt("unused.pth", num_register_tokens=regs)
-    hf = official_to_hf_model(sd, num_heads=2, img_size=224)
+    hf = official_to_hf_model(sd, num_heads=HEADS, img_size=TINY_IMG)
     cls = (transformers.Dinov2WithRegistersForImageClassification if regs
            else transformers.Dinov2ForImageClassification)
     clf = cls(hf.config.__class__(**{**hf.config.to_dict(), "num_labels": 3}))
@@ -211,13 +212,14 @@ def test_write_random_checkpoint_hf(tmp_path):
     from d2reg.testing import write_random_checkpoint
 
     path = str(tmp_path / "rand.safetensors")
-    sd = write_random_checkpoint(path, "hf", num_register_tokens=4, embed_dim=32, depth=2, num_heads=2)
+    sd = write_random_checkpoint(path, "hf", num_register_tokens=4, **TINY_ARCH)
     from safetensors.torch import load_file
 
     keys = set(load_file(path))
     assert "encoder.layer.0.attention.attention.query.weight" in keys
     state, info = load_dinov2_checkpoint(path)
-    assert (info.format, info.embed_dim, info.depth, info.num_register_tokens, info.pos_grid) == ("hf", 32, 2, 4, 37)
+    assert (info.format, info.embed_dim, info.depth, info.num_register_tokens, info.pos_grid) == (
+        "hf", WIDTH, TINY_ARCH["depth"], 4, 37)
     torch.testing.assert_close(state["blocks.1.attn.qkv.weight"], sd["blocks.1.attn.qkv.weight"], rtol=0, atol=0)
 
 
@@ -242,7 +244,7 @@ def test_detectron2_layout_both_loaders(write_ckpt, tiny_maskrcnn_cfg, tmp_path)
     img = _img(128, 160, batch=1)
     with torch.no_grad():
         expected = model.backbone(img)
-        again = DINOv2Backbone(weights=path, embed_dim=32, depth=2, num_heads=2, pretrain_img_size=224).eval()
+        again = DINOv2Backbone(weights=path, **TINY_ARCH, pretrain_img_size=TINY_IMG).eval()
         assert torch.equal(again(img)["last_feat"], model.backbone.net(img)["last_feat"])
 
     # 2. detectron2's own checkpointer (MODEL.WEIGHTS) into a fresh, differently initialised model
@@ -271,7 +273,7 @@ def test_checkpoint_info(write_ckpt, layout, arch, regs, swiglu):
     state, info = load_dinov2_checkpoint(path)
     assert info.format == layout
     assert (info.embed_dim, info.depth, info.patch_size, info.num_register_tokens, info.swiglu, info.pos_grid) == (
-        32, 2, 14, regs, swiglu, 16)
+        WIDTH, TINY_ARCH["depth"], 14, regs, swiglu, 16)
     assert info.arch is None  # 32 is no standard DINOv2 width
     assert info.has_final_norm and info.path == path
     assert "reg_token" in state if regs else "reg_token" not in state

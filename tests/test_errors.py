@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from d2reg import CheckpointError, DINOv2Backbone, load_dinov2_checkpoint
-from d2reg.testing import random_official_state_dict
+from d2reg.testing import TINY_ARCH, TINY_IMG, random_official_state_dict
 
 
 def _kw(**kw):
-    return {**dict(embed_dim=32, depth=2, num_heads=2, pretrain_img_size=224), **kw}
+    return dict(TINY_ARCH, pretrain_img_size=TINY_IMG, **kw)  # the tiny_kwargs fixture's model
 
 
 def _save(tmp_path, obj, name="ckpt.pth"):

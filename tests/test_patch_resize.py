@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from d2reg import DINOv2Backbone
+from d2reg.testing import TINY_ARCH, TINY_IMG
 from d2reg.vit import resize_patch_embed_weight
 
 # Relative L2 error of the PI-resized projection vs the patch-14 projection on smooth content.
@@ -28,7 +29,7 @@ def _rel(a, b):
 
 
 def _kw(**kw):
-    return {**dict(embed_dim=32, depth=2, num_heads=2, pretrain_img_size=224), **kw}
+    return dict(TINY_ARCH, pretrain_img_size=TINY_IMG, **kw)  # the tiny_kwargs fixture's model
 
 
 def test_pi_resize_preserves_projection_of_smooth_images(write_ckpt):

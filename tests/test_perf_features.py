@@ -3,17 +3,15 @@ bf16 autocast, torch.compile, FLOP counting with attention, and the benchmark to
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _tools import load_tool
 
 from d2reg import DINOv2Backbone
 from d2reg.modeling.window import WindowedAttention
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from d2reg.testing import TINY_DEEP_ARCH, TINY_IMG
 
 
 def _tiny(tiny_kwargs, seed=0, **kw):
@@ -122,8 +120,7 @@ def test_torch_compile_fullgraph_forward_backward(tiny_kwargs, window):
         torch.testing.assert_close(compiled(x)["last_feat"], net(x)["last_feat"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(os.environ.get("D2REG_TEST_INDUCTOR") != "1",
-                    reason="slow (C++ codegen, ~70 s on a loaded 2-core CPU): set D2REG_TEST_INDUCTOR=1")
+@pytest.mark.slow  # C++ code generation, ~70 s on a loaded 2-core CPU: pytest --runslow
 def test_torch_compile_inductor_cpu(tiny_kwargs):
     """Default backend (inductor): one block, inference. The aot_eager test above already checks that
     dynamo captures the backbone as one graph; this one adds inductor's code generation."""
@@ -159,14 +156,11 @@ def test_cpu_peak_memory_sees_a_large_tensor():
 
 
 def test_benchmark_tool_tiny(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        import benchmark as tool
-    finally:
-        sys.path.pop(0)
+    tool = load_tool("benchmark")
     out = tmp_path / "bench.json"
-    rc = tool.main(["--embed-dim", "32", "--depth", "4", "--num-heads", "2", "--pretrain-img-size", "224",
-                    "--sizes", "64", "--warmup", "0", "--repeats", "1", "--json", str(out)])
+    arch = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_DEEP_ARCH.items()]  # 4 blocks: windowed + global
+    rc = tool.main([*arch, "--pretrain-img-size", str(TINY_IMG), "--sizes", "64", "--warmup", "0", "--repeats", "1",
+                    "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["ceiling"]["fp32"] > 0
@@ -185,7 +179,7 @@ def test_benchmark_cuda_bf16_smoke(tmp_path):
     from d2reg.benchmark import run_benchmark
 
     report = run_benchmark(sizes=[64], cases=["d2reg", "d2reg-win"], device="cuda", dtype="bf16", warmup=0,
-                           repeats=1, arch_overrides=dict(embed_dim=32, depth=4, num_heads=2),
-                           pretrain_img_size=224, log=lambda s: None)
+                           repeats=1, arch_overrides=TINY_DEEP_ARCH,
+                           pretrain_img_size=TINY_IMG, log=lambda s: None)
     assert report["ceiling"]["bf16"] > 0
     assert all(r["fwd_peak_mib"] is not None for r in report["results"])

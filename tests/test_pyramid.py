@@ -9,13 +9,14 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.structures import ImageList
 
 from d2reg import DINOv2Backbone, SimpleFeaturePyramid
+from d2reg.testing import TINY_ARCH, TINY_IMG
 
 LEVELS = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 SCALES = (4.0, 2.0, 1.0, 0.5)
 
 
 def _net(**kw):
-    return DINOv2Backbone(**{**dict(embed_dim=32, depth=2, num_heads=2, pretrain_img_size=224), **kw})
+    return DINOv2Backbone(**dict(TINY_ARCH, pretrain_img_size=TINY_IMG, **kw))
 
 
 def _sfp(net=None, out_channels=32, cls=SimpleFeaturePyramid):
@@ -140,7 +141,7 @@ def test_lazycall():
     from detectron2.config import instantiate
 
     cfg = L(SimpleFeaturePyramid)(
-        net=L(DINOv2Backbone)(embed_dim=32, depth=2, num_heads=2, pretrain_img_size=224, out_indices=[-1]),
+        net=L(DINOv2Backbone)(**TINY_ARCH, pretrain_img_size=TINY_IMG, out_indices=[-1]),
         in_feature="last_feat", out_channels=32, scale_factors=SCALES, top_block=L(LastLevelMaxPool)(), norm="LN",
     )
     model = instantiate(cfg).eval()

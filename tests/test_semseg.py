@@ -10,8 +10,9 @@ from detectron2.modeling import SemanticSegmentor, build_model
 
 from d2reg import DINOv2Backbone, LinearSemSegHead, add_d2reg_config
 from d2reg.modeling.semseg import vit_feature_shapes
+from d2reg.testing import TINY_DEEP_ARCH, TINY_IMG
 
-TINY = dict(arch="vit_small", embed_dim=32, depth=4, num_heads=2, pretrain_img_size=224)
+TINY = dict(arch="vit_small", **TINY_DEEP_ARCH, pretrain_img_size=TINY_IMG)  # 4 blocks: out_indices -4..-1
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
@@ -135,7 +136,7 @@ def test_semantic_fpn_path_also_reaches_image_size():
 @pytest.mark.parametrize("out_indices,patch", [((-1,), 14), ((-4, -3, -2, -1), 16), ((0, 2), 16)])
 def test_vit_feature_shapes_matches_backbone(out_indices, patch):
     backbone = DINOv2Backbone(**TINY, patch_size=patch, out_indices=out_indices)
-    assert vit_feature_shapes("vit_small", out_indices, patch, embed_dim=32, depth=4, num_heads=2) == \
+    assert vit_feature_shapes("vit_small", out_indices, patch, **TINY_DEEP_ARCH) == \
         backbone.output_shape()
 
 
@@ -143,8 +144,7 @@ def test_lazycall_head_and_segmentor():
     cfg = L(SemanticSegmentor)(
         backbone=L(DINOv2Backbone)(**TINY, patch_size=14, freeze_at="all", out_indices=(-2, -1)),
         sem_seg_head=L(LinearSemSegHead)(
-            input_shape=L(vit_feature_shapes)(arch="vit_small", out_indices=(-2, -1), patch_size=14, embed_dim=32,
-                                              depth=4, num_heads=2),
+            input_shape=L(vit_feature_shapes)(arch="vit_small", out_indices=(-2, -1), patch_size=14, **TINY_DEEP_ARCH),
             num_classes=7,
             norm="SyncBN",  # plain BatchNorm on a single process
         ),
@@ -172,7 +172,8 @@ def test_yacs_linear_probe():
     cfg.MODEL.BACKBONE.NAME = "build_d2reg_vit_backbone"
     cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD = MEAN, STD
     c = cfg.MODEL.D2REG
-    c.EMBED_DIM, c.DEPTH, c.NUM_HEADS, c.PRETRAIN_IMG_SIZE = 32, 4, 2, 224
+    for key, value in dict(TINY_DEEP_ARCH, pretrain_img_size=TINY_IMG).items():
+        setattr(c, key.upper(), value)
     c.PATCH_SIZE, c.FREEZE_AT, c.OUT_INDICES, c.FINAL_NORM = 14, -1, [-4, -3, -2, -1], True
     cfg.MODEL.SEM_SEG_HEAD.NAME = "LinearSemSegHead"
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 150
