@@ -1,9 +1,12 @@
 #!/usr/bin/env python
 """Last-block attention of the CLS token and of each register to the patches ("Vision Transformers Need
 Registers", Fig. 9; DINO's CLS self-attention maps), per head and head-mean, drawn over the input.
+DINOv2(-reg) and DINOv3 checkpoints (the family is read from the file); for DINOv3 the 4 storage
+tokens take the registers' place (same files, reg<i> = storage token i).
 
 The model keeps its fused attention; the maps are recomputed in this tool only, from the last
-block's own q/k projections (see d2reg.analysis.attention).
+block's own q/k projections (DINOv3: with the block's RoPE on the patch tokens; see
+d2reg.analysis.attention).
 
 Writes, per image, DIR/<image>.png (input + head-mean maps of CLS and every register),
 DIR/<image>_cls_heads.png and DIR/<image>_reg<i>_heads.png (per head), and DIR/<image>_attention.npz
@@ -39,7 +42,8 @@ def main(argv=None) -> list:
     model = load_model_from_args(args)
     block = args.block % model.depth
     print(f"{len(images)} image(s); model {model.label}; attention of block {block}; output: {out}")
-    names = ["CLS"] + [f"reg{i}" for i in range(model.num_register_tokens)]
+    short = "storage" if model.family == "dinov3" else "reg"
+    names = ["CLS"] + [f"{short}{i}" for i in range(model.num_register_tokens)]
     table, results = [], []
     for im in tqdm(images, desc="attention", disable=len(images) < 4, file=sys.stdout):
         maps = attention_maps(model, im, block)
@@ -47,7 +51,8 @@ def main(argv=None) -> list:
         np.savez(os.path.join(out, f"{im.name}_attention.npz"), cls=maps.cls, registers=maps.registers,
                  prefix_mass=maps.prefix_mass)
         title = f"{im.name}: block {block} attention to the patches ({model.label})"
-        plot_attention(im.rgb, maps.cls, maps.registers, model.patch_size, os.path.join(out, f"{im.name}.png"), title)
+        plot_attention(im.rgb, maps.cls, maps.registers, model.patch_size, os.path.join(out, f"{im.name}.png"), title,
+                       register_name=model.register_name)
         if not args.no_heads:
             for i, heads in enumerate([maps.cls, *maps.registers]):
                 suffix = "cls" if i == 0 else f"reg{i - 1}"
@@ -58,8 +63,9 @@ def main(argv=None) -> list:
         to_patches = np.concatenate([maps.cls[None], maps.registers]).sum((2, 3)).mean(1)  # (P,)
         for i, name in enumerate(names):
             table.append([im.name, name, to_patches[i], mass[i, 0], mass[i, 1:].sum() if len(names) > 1 else 0.0])
-    print("attention mass of each prefix token (head mean): to the patches / to CLS / to the registers")
-    print(tabulate(table, headers=["image", "token", "patches", "CLS", "registers"], tablefmt="github",
+    regs = "storage" if model.family == "dinov3" else "registers"
+    print(f"attention mass of each prefix token (head mean): to the patches / to CLS / to the {regs}")
+    print(tabulate(table, headers=["image", "token", "patches", "CLS", regs], tablefmt="github",
                    floatfmt=".3f"))
     print(f"wrote {len(images)} x ({'1' if args.no_heads else str(1 + len(names))} PNG + npz) to {out}")
     return results

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""First three PCA components of the patch features as RGB (DINOv2's feature visualisation), one PCA
+"""First three PCA components of the patch features as RGB (DINOv2's feature visualisation) of a
+DINOv2(-reg) or DINOv3 checkpoint (the family is read from the file), one PCA
 basis shared by all images (fit on their tokens together), optional foreground thresholding on the
 first component (then a second PCA on the foreground tokens; background black).
 

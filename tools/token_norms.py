@@ -1,6 +1,8 @@
 #!/usr/bin/env python
-"""High-norm ("outlier") patch tokens per block of a DINOv2(-reg) ViT ("Vision Transformers Need
-Registers", Fig. 4a / 5a).
+"""High-norm ("outlier") patch tokens per block of a DINOv2(-reg) or DINOv3 ViT ("Vision Transformers
+Need Registers", Fig. 4a / 5a). The family is read from the checkpoint (DINOv3: its 4 storage tokens
+are reported where the registers are); --compare-weights may be of the other family (e.g. a DINOv2-reg
+beside a DINOv3 model: each runs at its own patch size unless --patch-size is given).
 
 Norms are measured at every block's output BEFORE the final LayerNorm unless --post-norm is given:
 the official get_intermediate_layers(norm=True) applies that LayerNorm, which rescales every token
@@ -13,6 +15,8 @@ norm_distribution.png, norm_by_block.png, neighbour_cosine.png and heatmaps/<ima
 
   python tools/token_norms.py images/ --weights dinov2_vitg14_pretrain.pth --threshold 150 --output out/norms \\
       --compare-weights dinov2_vitg14_reg4_pretrain.pth
+  python tools/token_norms.py images/ --weights dinov2_vitl14_reg4_pretrain.pth --relative 5 \\
+      --compare-weights dinov3_vitl16_pretrain_lvd1689m.pth --output out/v2_vs_v3
 """
 import argparse
 import os
@@ -49,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--relative", type=float, default=None, metavar="K",
                      help="outlier: norm > K x that block's median patch-token norm (over all images)")
     p.add_argument("--post-norm", action="store_true", help="measure after the final LayerNorm (hides outliers)")
-    p.add_argument("--compare-weights", default="", help="second checkpoint (e.g. the -reg4 model) shown side by side")
+    p.add_argument("--compare-weights", default="",
+                   help="second checkpoint shown side by side (e.g. the -reg4 model, or a DINOv3 file: any family)")
     p.add_argument("--compare-arch", default=None, help="arch of --compare-weights (default: from the checkpoint)")
     p.add_argument("--compare-registers", type=int, default=None,
                    help="registers of --compare-weights (default: from the checkpoint)")
@@ -81,13 +86,14 @@ def main(argv=None) -> dict:
     out = output_dir(args, "token_norms")
     images = load_images(args.inputs, args.resize, args.max_images)
     print(f"{len(images)} image(s); output: {out}")
-    runs = [(args.weights, args.arch, args.registers, out)]
+    runs = [(args.weights, args.arch, args.registers, out, args.family)]
     if args.compare_weights:
-        runs.append((args.compare_weights, args.compare_arch, args.compare_registers, os.path.join(out, "compare")))
+        runs.append((args.compare_weights, args.compare_arch, args.compare_registers, os.path.join(out, "compare"),
+                     None))
     done = {}
-    for weights, arch, registers, folder in runs:
+    for weights, arch, registers, folder, family in runs:
         model = load_model(weights, arch, registers, args.patch_size, args.patch_resize, args.post_norm, args.device,
-                           args.embed_dim, args.depth, args.num_heads)
+                           args.embed_dim, args.depth, args.num_heads, family)
         results, thresholds, stats, outliers, sim = analyse(model, images, args)
         os.makedirs(folder, exist_ok=True)
         result = summary(stats, outliers, norms_meta(model, images, args.post_norm, args.relative, thresholds, sim))
@@ -123,7 +129,7 @@ def write_plots(done: dict, images, args, out: str) -> None:
                                 file=sys.stdout)):
         blocks = heatmap_blocks(args.heatmap_blocks, depth, [v["outliers"] for v in done.values()], im.name)
         maps = {k: v["results"][i].norms for k, v in done.items()}
-        patch = next(iter(done.values()))["patch"]
+        patch = {k: v["patch"] for k, v in done.items()}  # per model: DINOv2 at 14 beside DINOv3 at 16
         plot_norm_heatmaps(im.rgb, maps, blocks, patch, thresholds, os.path.join(out, "heatmaps", f"{im.name}.png"),
                            f"{im.name}: patch-token norms ({mode}); boxes: outliers")
 

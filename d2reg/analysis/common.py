@@ -1,10 +1,13 @@
 """What the three diagnostic tools share: their command-line arguments, the model and the images.
 
-The model is a :class:`d2reg.DINOv2Backbone` (so every checkpoint layout d2reg loads works, loaded
-by the backbone's own ``load_weights``); the tools use its timm ViT (``.vit``) directly. Images are
-RGB in [0, 1] normalised with the ImageNet mean/std, as DINOv2 was trained. Sizes that are not a
-multiple of the patch size are zero-padded bottom/right by the model itself (zero = the mean colour
-after normalisation); the patch grid is ``ceil(H / p) x ceil(W / p)``.
+The model is the checkpoint family's backbone, :class:`d2reg.DINOv2Backbone` or
+:class:`d2reg.DINOv3Backbone` (``d2reg.modeling.BACKBONE_FAMILIES[info.family]``, all blocks kept), so
+every checkpoint layout d2reg loads works, loaded by the backbone's own ``load_weights``; the tools use
+its timm ViT (``.vit``: a ``VisionTransformer`` for DINOv2, an ``Eva`` with RoPE for DINOv3) directly.
+DINOv3's 4 storage tokens take the place of DINOv2's registers (tokens ``[CLS, storage x4, patches]``,
+patch 16). Images are RGB in [0, 1] normalised with the ImageNet mean/std, as both families were
+trained. Sizes that are not a multiple of the patch size are zero-padded bottom/right by the model
+itself (zero = the mean colour after normalisation); the patch grid is ``ceil(H / p) x ceil(W / p)``.
 """
 from __future__ import annotations
 
@@ -14,15 +17,16 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..checkpoint import CheckpointInfo, read_checkpoint_info
-from ..modeling import DINOv2Backbone
+from ..modeling import BACKBONE_FAMILIES
 from ..vit import ARCHS, PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, ViTArch, get_arch
+from ..vit.dinov3 import DINOV3_ARCHS, DINOV3_NUM_STORAGE_TOKENS, DINOV3_PATCH_SIZE, DINOv3Arch, get_dinov3_arch
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FAMILY_NAMES = ("dinov2", "dinov3")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
@@ -53,17 +58,22 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image file(s), folder(s), glob pattern(s) or registered detectron2 data set name(s)")
     g.add_argument("--weights", default="",
-                   help="local DINOv2 checkpoint (official / timm / Hugging Face / d2reg detectron2 layout); "
-                        "without it the model is RANDOMLY initialised (meaningless features)")
-    g.add_argument("--arch", default=None, choices=sorted(ARCHS),
+                   help="local DINOv2 or DINOv3 checkpoint (official / timm / Hugging Face / d2reg detectron2 "
+                        "layout; the family is read from the tensors); without it the model is RANDOMLY "
+                        "initialised (meaningless features)")
+    g.add_argument("--family", default=None, choices=sorted(FAMILY_NAMES),
+                   help="model family WITHOUT --weights (random init; default dinov2); with --weights the "
+                        "checkpoint tells, and a different --family is an error")
+    g.add_argument("--arch", default=None, choices=sorted(set(ARCHS) | set(DINOV3_ARCHS)),
                    help="architecture (default: read from the checkpoint; vit_small without --weights)")
     g.add_argument("--registers", type=int, default=None,
-                   help="number of register tokens (default: read from the checkpoint; 4 without --weights)")
-    g.add_argument("--patch-size", type=int, default=PRETRAIN_PATCH_SIZE,
-                   help="patch size the model runs at (default 14, DINOv2's own; 16 = d2reg's detectron2 "
-                        "backbone, kernels PI-resized)")
+                   help="number of register tokens (default: read from the checkpoint; 4 without --weights; "
+                        "DINOv3: always its 4 storage tokens)")
+    g.add_argument("--patch-size", type=int, default=None,
+                   help="patch size the model runs at (default: the family's own, DINOv2 14, DINOv3 16; "
+                        "DINOv2 at 16 = d2reg's detectron2 backbone, kernels PI-resized; DINOv3: 16 only)")
     g.add_argument("--patch-resize", default="pi", choices=("pi", "bicubic"),
-                   help="how 14-px kernels are resized to --patch-size")
+                   help="how DINOv2's 14-px kernels are resized to --patch-size")
     g.add_argument("--embed-dim", type=int, default=None, help="custom width (default: from arch / checkpoint)")
     g.add_argument("--depth", type=int, default=None, help="custom depth (default: from arch / checkpoint)")
     g.add_argument("--num-heads", type=int, default=None,
@@ -80,19 +90,27 @@ def common_parser() -> argparse.ArgumentParser:
 # -------------------------------------------------------------------------------------------- model
 @dataclass
 class AnalysisModel:
-    """A loaded ViT plus what the tools need to read its tokens."""
+    """A loaded ViT plus what the tools need to read its tokens. ``num_register_tokens`` counts
+    DINOv2's registers or DINOv3's storage tokens (they sit in the same place: after the CLS)."""
 
-    vit: torch.nn.Module  # timm VisionTransformer (DINOv2VisionTransformer), eval mode
-    spec: ViTArch
+    vit: torch.nn.Module  # timm VisionTransformer (DINOv2) or Eva (DINOv3), eval mode
+    spec: Union[ViTArch, DINOv3Arch]
     patch_size: int
     num_register_tokens: int
     weights: str  # "" = random init
     info: Optional[CheckpointInfo]
     device: torch.device
+    family: str = "dinov2"
 
     @property
     def num_prefix_tokens(self) -> int:
+        """CLS + registers / storage tokens: the tokens before the patches."""
         return 1 + self.num_register_tokens
+
+    @property
+    def register_name(self) -> str:
+        """What the family calls its extra prefix tokens: "register" (DINOv2) or "storage" (DINOv3)."""
+        return "storage" if self.family == "dinov3" else "register"
 
     @property
     def depth(self) -> int:
@@ -105,6 +123,8 @@ class AnalysisModel:
     @property
     def short_label(self) -> str:
         name = os.path.basename(self.weights) if self.weights else "RANDOM INIT"
+        if self.family == "dinov3":
+            return f"{name} (DINOv3, {self.num_register_tokens} storage)"
         return f"{name} ({self.num_register_tokens} reg)"
 
     def grid(self, height: int, width: int) -> tuple:
@@ -120,18 +140,40 @@ def load_model(
     weights: str = "",
     arch: Optional[str] = None,
     registers: Optional[int] = None,
-    patch_size: int = PRETRAIN_PATCH_SIZE,
+    patch_size: Optional[int] = None,
     patch_resize: str = "pi",
     final_norm: bool = False,
     device: str = "cpu",
     embed_dim: Optional[int] = None,
     depth: Optional[int] = None,
     num_heads: Optional[int] = None,
+    family: Optional[str] = None,
 ) -> AnalysisModel:
-    """Build the ViT as a :class:`DINOv2Backbone` (all blocks kept) and load ``weights`` with the
-    backbone's own loader. ``arch`` / ``registers`` / sizes default to what the checkpoint holds.
+    """Build the ViT as its family's backbone (:class:`DINOv2Backbone` / :class:`DINOv3Backbone`, all
+    blocks kept) and load ``weights`` with the backbone's own loader. The family comes from the
+    checkpoint (``family`` only chooses it without ``weights``: random init, default "dinov2"; a
+    ``family`` that contradicts the checkpoint is an error). ``arch`` / ``registers`` / sizes default
+    to what the checkpoint holds; ``patch_size`` to the family's own (DINOv2 14, DINOv3 16).
     ``final_norm=True`` keeps the final LayerNorm (needed for post-norm views)."""
+    if family is not None and family not in FAMILY_NAMES:
+        raise ValueError(f"family must be one of {FAMILY_NAMES}, got {family!r}.")
     info = peek_checkpoint(weights) if weights else None
+    if info is not None:
+        if family is not None and family != info.family:
+            raise ValueError(f"--family {family} was given, but {weights} is a {info.family} checkpoint "
+                             f"({info.describe()}): drop --family (the checkpoint tells) or pass a {family} file.")
+        family = info.family
+    family = family or "dinov2"
+    if not weights:
+        model_name = "DINOv3" if family == "dinov3" else "DINOv2"
+        example = "dinov3_vits16_pretrain_*.pth" if family == "dinov3" else "dinov2_vitX14[_reg4]_pretrain.pth"
+        print("=" * 100 + f"\nNOTE: no --weights given: the ViT is RANDOMLY INITIALISED. Norms, attention maps and "
+              f"PCA maps say nothing\n      about {model_name}; pass --weights /path/to/{example}.\n"
+              + "=" * 100, flush=True)
+    if family == "dinov3":
+        return _load_dinov3(weights, info, arch, registers, patch_size, final_norm, device, embed_dim, depth,
+                            num_heads)
+    patch_size = PRETRAIN_PATCH_SIZE if patch_size is None else patch_size
     if info is not None:
         arch = arch or info.arch
         registers = info.num_register_tokens if registers is None else registers
@@ -143,25 +185,55 @@ def load_model(
     arch = arch or "vit_small"
     registers = 4 if registers is None else registers
     spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    if not weights:
-        print("=" * 100 + "\nNOTE: no --weights given: the ViT is RANDOMLY INITIALISED. Norms, attention maps and PCA "
-              "maps say nothing\n      about DINOv2; pass --weights /path/to/dinov2_vitX14[_reg4]_pretrain.pth.\n"
-              + "=" * 100, flush=True)
     pretrain = info.pos_grid * PRETRAIN_PATCH_SIZE if info is not None else PRETRAIN_IMG_SIZE
-    net = DINOv2Backbone(
+    net = BACKBONE_FAMILIES["dinov2"](
         arch=spec, num_register_tokens=registers, patch_size=patch_size, patch_resize=patch_resize,
         weights=weights or None, out_indices=(spec.depth - 1,), final_norm=final_norm, pretrain_img_size=pretrain,
     )
     dev = torch.device(device)
     vit = net.vit.to(dev).eval()
-    return AnalysisModel(vit, spec, patch_size, registers, weights, net.checkpoint_info or info, dev)
+    return AnalysisModel(vit, spec, patch_size, registers, weights, net.checkpoint_info or info, dev, "dinov2")
+
+
+def _dinov3_spec(info: Optional[CheckpointInfo], arch: Optional[str], embed_dim, depth, num_heads):
+    """The DINOv3 arch: the table's (``arch`` or the checkpoint's standard name) with the size overrides,
+    or, for a checkpoint of non-standard width, its own shapes (MLP kind and width, qkv bias)."""
+    if info is not None:
+        depth = depth or info.depth
+        if arch is None and info.arch is None:  # custom width: every shape from the checkpoint
+            dim, hidden = embed_dim or info.embed_dim, info.mlp_hidden
+            if info.swiglu:  # int(dim * ratio * 2 / 3) == hidden, no rounding up
+                ratio, align = (hidden + 0.5) * 1.5 / dim, 1
+            else:
+                ratio, align = (hidden + 0.5) / dim, 8
+            return DINOv3Arch("custom", dim, depth, num_heads or info.num_heads, swiglu=info.swiglu,
+                              ffn_ratio=ratio, swiglu_align_to=align, qkv_bias=info.qkv_bias)
+        arch = arch or info.arch
+        num_heads = num_heads or (info.num_heads if embed_dim in (None, info.embed_dim) else None)
+    return get_dinov3_arch(arch or "vit_small", embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+
+
+def _load_dinov3(weights, info, arch, registers, patch_size, final_norm, device, embed_dim, depth, num_heads):
+    if patch_size not in (None, DINOV3_PATCH_SIZE):
+        raise ValueError(f"DINOv3 models run at patch {DINOV3_PATCH_SIZE} only (RoPE, no kernel resampling); "
+                         f"got --patch-size {patch_size}.")
+    if registers not in (None, DINOV3_NUM_STORAGE_TOKENS):
+        raise ValueError(f"DINOv3 models have {DINOV3_NUM_STORAGE_TOKENS} storage tokens (in place of registers); "
+                         f"got --registers {registers}.")
+    spec = _dinov3_spec(info, arch, embed_dim, depth, num_heads)
+    net = BACKBONE_FAMILIES["dinov3"](arch=spec, weights=weights or None, out_indices=(spec.depth - 1,),
+                                      final_norm=final_norm)
+    dev = torch.device(device)
+    vit = net.vit.to(dev).eval()
+    return AnalysisModel(vit, spec, DINOV3_PATCH_SIZE, vit.num_prefix_tokens - 1, weights,
+                         net.checkpoint_info or info, dev, "dinov3")
 
 
 def load_model_from_args(args: argparse.Namespace, final_norm: bool = False) -> AnalysisModel:
     """:func:`load_model` from the shared command-line arguments."""
     return load_model(
         args.weights, args.arch, args.registers, args.patch_size, args.patch_resize, final_norm, args.device,
-        args.embed_dim, args.depth, args.num_heads,
+        args.embed_dim, args.depth, args.num_heads, getattr(args, "family", None),
     )
 
 

@@ -40,11 +40,13 @@ def norms_meta(model: AnalysisModel, images: Sequence[InputImage], post_norm: bo
     return {
         "norm": norm_mode(post_norm),
         "norm_note": POST_NOTE if post_norm else PRE_NOTE,
-        "tokens": "patch tokens only (CLS / registers: cls_norm / register_norm per block); blocks are 0-based, "
+        "tokens": "patch tokens only (CLS / registers (DINOv3: storage tokens): cls_norm / register_norm per block); "
+                  "blocks are 0-based, "
                   "row/col on the patch grid",
         "threshold": threshold,
-        "model": {"weights": model.weights or None, "arch": model.spec.name, "embed_dim": model.spec.embed_dim,
-                  "depth": model.depth, "num_heads": model.spec.num_heads, "registers": model.num_register_tokens,
+        "model": {"weights": model.weights or None, "family": model.family, "arch": model.spec.name,
+                  "embed_dim": model.spec.embed_dim, "depth": model.depth, "num_heads": model.spec.num_heads,
+                  "registers": model.num_register_tokens,
                   "patch_size": model.patch_size, "checkpoint_format": info.format if info else None},
         "images": [_image_meta(model, im) for im in images],
         "neighbour_similarity": {k: v for k, v in sim.items() if not k.endswith("_values")},

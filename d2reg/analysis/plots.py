@@ -4,7 +4,7 @@ bottom/right padding the model adds are cut at the image border."""
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -104,11 +104,15 @@ def plot_norm_by_block(stats: Dict[str, List[dict]], path: str, title: str = "")
     return _save(fig, path)
 
 
-def plot_norm_heatmaps(rgb: np.ndarray, maps: Dict[str, np.ndarray], blocks: Sequence[int], patch: int,
-                       thresholds: Dict[str, Sequence[float]], path: str, title: str = "") -> str:
-    """Per-block norm heatmaps over the image: a row per block, a column per model; outliers boxed."""
+def plot_norm_heatmaps(rgb: np.ndarray, maps: Dict[str, np.ndarray], blocks: Sequence[int],
+                       patch: Union[int, Dict[str, int]], thresholds: Dict[str, Sequence[float]], path: str,
+                       title: str = "") -> str:
+    """Per-block norm heatmaps over the image: a row per block, a column per model; outliers boxed.
+    ``patch``: one patch size, or one per model label (a DINOv2 model at 14 beside a DINOv3 at 16)."""
     fig, axes = _figure(len(blocks), len(maps))
+    patches = patch if isinstance(patch, dict) else {label: patch for label in maps}
     for c, (label, norms) in enumerate(maps.items()):
+        patch = patches[label]
         for r, b in enumerate(blocks):
             ax = axes[r, c]
             if b >= norms.shape[0]:
@@ -146,9 +150,10 @@ def plot_neighbour_cosine(sims: Dict[str, dict], path: str) -> str:
 
 # ------------------------------------------------------------------------------------ attention
 def plot_attention(rgb: np.ndarray, cls: np.ndarray, registers: np.ndarray, patch: int, path: str,
-                   title: str = "") -> str:
-    """The image, then the head-mean attention of CLS and of each register to the patches."""
-    maps = [("CLS", cls.mean(0))] + [(f"register {i}", r.mean(0)) for i, r in enumerate(registers)]
+                   title: str = "", register_name: str = "register") -> str:
+    """The image, then the head-mean attention of CLS and of each register (DINOv3: ``register_name``
+    "storage") to the patches."""
+    maps = [("CLS", cls.mean(0))] + [(f"{register_name} {i}", r.mean(0)) for i, r in enumerate(registers)]
     fig, axes = _figure(1, 1 + len(maps))
     axes[0, 0].imshow(rgb)
     axes[0, 0].set_title("input", fontsize=8)
