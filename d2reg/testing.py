@@ -15,7 +15,7 @@ import torch
 from .checkpoint.dinov2 import HF_EMBEDDING_KEYS, HF_LAYER_RENAMES, official_to_timm, split_qkv_for_hf
 from .vit import PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, get_arch, swiglu_hidden_features
 
-__all__ = ["TINY_ARCH", "TINY_DEEP_ARCH", "TINY_IMG", "hf_saved_state_dict", "official_to_hf_model",
+__all__ = ["TINY_ARCH", "TINY_DEEP_ARCH", "TINY_IMG", "TINY_TRAIN_ARCH", "hf_saved_state_dict", "official_to_hf_model",
            "random_official_state_dict", "write_checkpoint", "write_random_checkpoint"]
 
 # The one tiny DINOv2 model of the tests: 32 wide, 2 blocks, 2 heads, position grid 16x16 (224 px / 14).
@@ -23,6 +23,9 @@ TINY_ARCH = dict(embed_dim=32, depth=2, num_heads=2)
 # The same model with 4 blocks, for tests that need several distinct intermediate blocks (outputs
 # of blocks -4..-1, an outlier planted in a middle block, ViTDet's global/windowed block mix).
 TINY_DEEP_ARCH = dict(TINY_ARCH, depth=4)
+# The training tools' tiny model (the demo configs made tiny): 64 wide, the width the train / resume /
+# DDP tests and the checkpoints they write for it were built at.
+TINY_TRAIN_ARCH = dict(TINY_ARCH, embed_dim=64)
 TINY_IMG = 224
 
 

@@ -2,13 +2,15 @@
 import importlib.util
 import os
 
+from d2reg.testing import TINY_TRAIN_ARCH
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "demo")
 TINY_DATA = dict(num_train=8, num_val=4, image_size=64, seed=3)
 
-# A 64-dim, 2-block ViT-reg and slim heads at 64 px: the demo configs, made tiny.
+# The tiny ViT-reg of d2reg.testing.TINY_TRAIN_ARCH and slim heads at 64 px: the demo configs, made tiny.
 TINY_YACS = [
-    "MODEL.D2REG.EMBED_DIM", "64", "MODEL.D2REG.DEPTH", "2", "MODEL.D2REG.NUM_HEADS", "2",
+    *(x for k, v in TINY_TRAIN_ARCH.items() for x in (f"MODEL.D2REG.{k.upper()}", str(v))),
     "MODEL.D2REG.SFP.OUT_CHANNELS", "32",
     "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
     "INPUT.MAX_SIZE_TEST", "64",
@@ -23,7 +25,7 @@ TINY_SEM_SEG = TINY_YACS + ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "32"]
 
 # The LazyConfig demo (configs/demo/mask_rcnn_vit_tiny_synth.py), made tiny the same way.
 LAZY_TINY = [
-    "model.backbone.net.embed_dim=64", "model.backbone.net.depth=2", "model.backbone.net.num_heads=2",
+    *(f"model.backbone.net.{k}={v}" for k, v in TINY_TRAIN_ARCH.items()),
     "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
     "dataloader.train.mapper.augmentations.0.short_edge_length=64",
     "dataloader.train.mapper.augmentations.0.max_size=64",
