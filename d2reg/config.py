@@ -66,6 +66,10 @@ def resolve_recipe(cfg: CN) -> CN:
     """``cfg`` with the recipe placeholders of ``MODEL.D2REG`` replaced from :mod:`d2reg.recipes`
     (by ``FAMILY``, ``ARCH``, ``NUM_REGISTER_TOKENS``): ``WEIGHTS "official"`` -> the official
     checkpoint path, ``DROP_PATH_RATE < 0`` and ``LR_DECAY < 0`` -> the table's values.
+    ``FAMILY "dinov3"`` takes the DINOv3 rows (``NUM_REGISTER_TOKENS`` plays no part in their file
+    names: DINOv3 always has 4 storage tokens), so any shipped YACS config becomes its DINOv3 version
+    with ``MODEL.D2REG.FAMILY dinov3`` (+ ``PATCH_SIZE 16`` for the patch-14 linear probes); the
+    ``*_dinov3_*.yaml`` files are exactly that (the linear probe also takes DINOv3's weight decay 1e-3).
 
     ``cfg`` itself is not modified (it may be frozen): a resolved clone is returned, or ``cfg`` when
     nothing is left to resolve. Idempotent."""

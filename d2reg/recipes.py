@@ -23,21 +23,52 @@ Why these numbers (DINOv2):
   Untested. Caveat: ViT-Adapter adds a convolutional spatial branch; on a plain ViT + simple pyramid
   the ViT must adapt more, so a slightly higher rate may turn out better. Sweep if you have the budget.
 
-DINOv3 rows (arch ``vit_small``, ``vit_small_plus``, ``vit_base``, ``vit_large``, ``vit_huge_plus``,
-``vit_7b``; official files ``dinov3_vits16_pretrain_lvd1689m-<hash>.pth`` ...) go in the same table
-once their recipe is chosen.
+Why these numbers (DINOv3). Nothing published fine-tunes DINOv3 end to end in a ViTDet-style
+detector or segmenter: the paper (Simeoni et al., 2025, arXiv:2508.10104) evaluates dense tasks on a
+FROZEN backbone (linear probes; Plain-DETR on the frozen ViT-7B, 66.1 COCO mAP; Mask2Former + ViT-Adapter
+on the frozen 7B for ADE20k), and the official repository (facebookresearch/dinov3) ships no
+fine-tuning recipe (its ``layerwise_decay`` / ``drop_path_rate`` keys are pre-training and distillation
+settings; e.g. ``dinov3/configs/train/dinov3_vitl16_lvd1689m_distilled.yaml`` distils ViT-L from the 7B
+with drop path 0.0).
+So every DINOv3 row is EXTRAPOLATED from the closest evidence, the DINOv2 rows above:
+
+- Drop path: ViTDet by model size, as for DINOv2 (a fine-tuning regulariser of the detector, not a
+  property of the pre-training): S, S+ and B 0.1; L 0.4; H+ (840M, 32 blocks) and 7B ViTDet-H's 0.5.
+- Layer decay: DINOv3's dense features are stronger than DINOv2's (ADE20k linear probe, paper: S 47.0,
+  B 51.8, L 54.9 mIoU), so the DINOv2 argument (strong features need little adaptation: decay hard)
+  holds at least as much; S / B / L take ViT-Adapter's DINOv2 values 0.70 / 0.60 / 0.65 at the same
+  depths (12 / 12 / 24 blocks), S+ (12 blocks, SwiGLU) S's 0.70. H+ (32 blocks) and 7B (40 blocks)
+  use the ViT-g rule: the patch embedding gets ViT-L's multiplier, 0.72**33 ~= 0.77**41 ~= 0.65**25
+  ~= 2e-5. Untested; sweep 0.6-0.8 if you have the budget.
+- 7B: full fine-tuning does not fit data-parallel training (6.7B parameters: ~108 GB of fp32 weights,
+  gradients and AdamW state per GPU before activations); its row serves the frozen path (linear probe
+  config, ``freeze_at="all"``). H+ fits with ``use_act_checkpoint`` (its configs set it).
+
+Official DINOv3 file names (``dinov3_<arch>16[plus]_pretrain_lvd1689m-<hash>.pth``, the LVD-1689M web
+weights): checked against ``dinov3/hub/backbones.py`` of facebookresearch/dinov3 (file name pattern
+``{model_name}_{model_arch}_pretrain_{weights}{-hash}.pth`` and each hub function's default hash).
+The DINOv3 weights are under the DINOv3 License (Meta), NOT Apache-2.0 like d2reg: obtain them from
+Meta (https://github.com/facebookresearch/dinov3, access form) and accept that licence; d2reg never
+downloads them.
 """
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Sequence
+
+from detectron2.layers import ShapeSpec
+from detectron2.utils.registry import locate
+
+from .vit import get_arch, get_dinov3_arch, resolve_block_indices
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "RECIPES",
     "Recipe",
+    "backbone_family",
     "drop_path_rate",
+    "family_feature_shapes",
     "get_recipe",
     "layer_decay",
     "official_checkpoint",
@@ -60,6 +91,14 @@ RECIPES = {
     ("dinov2", "vit_base"): Recipe(0.1, 0.60, "dinov2_vitb14{reg}_pretrain.pth"),
     ("dinov2", "vit_large"): Recipe(0.4, 0.65, "dinov2_vitl14{reg}_pretrain.pth"),
     ("dinov2", "vit_giant2"): Recipe(0.5, 0.77, "dinov2_vitg14{reg}_pretrain.pth"),
+    # DINOv3 (4 storage tokens always: "{reg}" does not occur). Extrapolated from the DINOv2 rows and
+    # ViTDet, see the module docstring; weights under the DINOv3 License, not Apache-2.0.
+    ("dinov3", "vit_small"): Recipe(0.1, 0.70, "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"),
+    ("dinov3", "vit_small_plus"): Recipe(0.1, 0.70, "dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth"),
+    ("dinov3", "vit_base"): Recipe(0.1, 0.60, "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth"),
+    ("dinov3", "vit_large"): Recipe(0.4, 0.65, "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"),
+    ("dinov3", "vit_huge_plus"): Recipe(0.5, 0.72, "dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth"),
+    ("dinov3", "vit_7b"): Recipe(0.5, 0.77, "dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth"),
 }
 
 
@@ -93,3 +132,41 @@ def drop_path_rate(arch: str, family: str = "dinov2") -> float:
 def layer_decay(arch: str, family: str = "dinov2") -> float:
     """The recipe's layer-wise lr decay for ``(family, arch)``."""
     return get_recipe(arch, family).layer_decay
+
+
+def backbone_family(backbone) -> str:
+    """The recipe family of a backbone class (its ``checkpoint_family``: ``DINOv2Backbone`` -> "dinov2",
+    ``DINOv3Backbone`` -> "dinov3"), given as the class, its dotted name (a LazyConfig ``_target_``
+    after save/load) or already as a family name. LazyConfigs interpolate it from the backbone node,
+    ``L(backbone_family)(backbone="${model.backbone.net._target_}")``, so the optimizer's layer decay
+    follows a family switch of the backbone without a second edit."""
+    if isinstance(backbone, str):
+        if any(f == backbone for f, _ in RECIPES):
+            return backbone
+        backbone = locate(backbone)
+    family = getattr(backbone, "checkpoint_family", "")
+    if not family:
+        raise ValueError(f"{backbone!r} is no d2reg family backbone (no checkpoint_family).")
+    return family
+
+
+def family_feature_shapes(
+    family: str = "dinov2",
+    arch: str = "vit_small",
+    out_indices: Sequence[int] = (-1,),
+    patch_size: int = 16,
+    embed_dim: Optional[int] = None,
+    depth: Optional[int] = None,
+    num_heads: Optional[int] = None,
+) -> Dict[str, ShapeSpec]:
+    """``output_shape()`` of the bare ViT backbone of ``(family, arch)`` without building it (the
+    ``input_shape`` of a linear-probe head in a LazyConfig), for either family's arch table:
+    ``block{i}`` for the other ``out_indices`` and ``last_feat``, ``embed_dim`` channels at the patch
+    stride (DINOv3: always 16)."""
+    if family == "dinov3":
+        spec = get_dinov3_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    else:
+        spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    take = resolve_block_indices(list(out_indices), spec.depth)
+    names = [f"block{i}" for i in take[:-1]] + ["last_feat"]
+    return {n: ShapeSpec(channels=spec.embed_dim, stride=patch_size) for n in names}

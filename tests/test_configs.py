@@ -9,7 +9,8 @@ no weight initialisation: random-initialising the 12.8M-weight box-head FCs of ~
 the CPU time); a few configs are built on the CPU and run inference, the ViT-S recipe is built at
 full size once, and the default checkpoint paths and the register switch are exercised with tiny
 checkpoints on disk. The per-size recipe (d2reg.recipes) is checked to follow ``arch`` /
-``num_register_tokens`` overrides in both config systems.
+``num_register_tokens`` overrides in both config systems, for either family: a config whose name
+contains ``dinov3`` must build a DINOv3Backbone (and take the DINOv3 rows), every other one a DINOv2Backbone.
 configs/detrex needs detrex (not on PyPI): those files are skipped here when it is missing
 (tests/test_detrex_configs.py covers them).
 """
@@ -27,22 +28,31 @@ from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 from omegaconf import DictConfig, ListConfig
 
-from d2reg import DINOv2Backbone, add_d2reg_config
+from d2reg import DINOv2Backbone, DINOv3Backbone, ViTBackbone, add_d2reg_config
 from d2reg.config import resolve_recipe
-from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES, official_checkpoint
+from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD, RECIPES, backbone_family, get_recipe, official_checkpoint
+from d2reg.vit import DINOV3_ARCHS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 PY_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.py"))
 YAML_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml"))
 TINY = dict(embed_dim=32, depth=4, num_heads=2, pretrain_img_size=224)
+TINY3 = dict(embed_dim=32, depth=4, num_heads=2)  # DINOv3: no position table, so no pretrain size
 TINY_YACS = ["MODEL.D2REG.EMBED_DIM", 32, "MODEL.D2REG.DEPTH", 4, "MODEL.D2REG.NUM_HEADS", 2,
              "MODEL.D2REG.PRETRAIN_IMG_SIZE", 224, "MODEL.D2REG.WEIGHTS", "", "MODEL.WEIGHTS", "",
              "MODEL.DEVICE", "cpu"]
 # inference on random weights: few proposals, so the 4conv box heads stay cheap on a CPU
 FEW_PROPOSALS_YACS = ["MODEL.RPN.PRE_NMS_TOPK_TEST", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 16]
 HAS_DETREX = importlib.util.find_spec("detrex") is not None
-BACKBONE_NAMES = {"d2reg.DINOv2Backbone", "d2reg.modeling.DINOv2Backbone", "d2reg.modeling.backbone.DINOv2Backbone"}
+BACKBONE_NAMES = {"d2reg.DINOv2Backbone", "d2reg.modeling.DINOv2Backbone", "d2reg.modeling.backbone.DINOv2Backbone",
+                  "d2reg.DINOv3Backbone", "d2reg.modeling.DINOv3Backbone",
+                  "d2reg.modeling.dinov3_backbone.DINOv3Backbone"}
+
+
+def family_class(rel: str):
+    """The backbone class a shipped config must build: DINOv3 iff its name says so."""
+    return DINOv3Backbone if "dinov3" in rel else DINOv2Backbone
 
 
 def test_configs_are_found():
@@ -51,16 +61,27 @@ def test_configs_are_found():
         assert needed in PY_CONFIGS
     for needed in ("COCO/mask_rcnn_vit_b_100ep.yaml", "ADE20k/linear4_vit_b_40k.yaml"):
         assert needed in YAML_CONFIGS
+    # DINOv3: every task at S/B/L, H+ where fine-tuning fits, the 7B frozen probe; one YACS file per task
+    for task, suffix in (("COCO/mask_rcnn", "100ep"), ("COCO/cascade_mask_rcnn", "100ep"),
+                         ("ADE20k/linear", "40k"), ("ADE20k/sem_fpn", "80k")):
+        for size in ("s", "b", "l"):
+            assert f"{task}_dinov3_vit_{size}_{suffix}.py" in PY_CONFIGS
+        assert f"{task}_dinov3_vit_b_{suffix}.yaml" in YAML_CONFIGS
+    for size in ("small", "base", "large"):
+        assert f"detrex/dino_d2reg_dinov3_vit_{size}_4scale_12ep.py" in PY_CONFIGS
+    for rel in ("COCO/mask_rcnn_dinov3_vit_hplus_100ep.py", "COCO/cascade_mask_rcnn_dinov3_vit_hplus_100ep.py",
+                "ADE20k/sem_fpn_dinov3_vit_hplus_80k.py", "ADE20k/linear_dinov3_vit_7b_40k.py"):
+        assert rel in PY_CONFIGS
 
 
 # ---------------------------------------------------------------- helpers
 def _is_backbone(node) -> bool:
     target = node.get("_target_") if isinstance(node, DictConfig) else None
-    return target is DINOv2Backbone or (isinstance(target, str) and target in BACKBONE_NAMES)
+    return target in (DINOv2Backbone, DINOv3Backbone) or (isinstance(target, str) and target in BACKBONE_NAMES)
 
 
 def _backbone_nodes(node):
-    """Every LazyCall(DINOv2Backbone) node in a config tree."""
+    """Every LazyCall(DINOv2Backbone / DINOv3Backbone) node in a config tree."""
     if isinstance(node, DictConfig):
         if _is_backbone(node):
             yield node
@@ -72,10 +93,10 @@ def _backbone_nodes(node):
 
 
 def shrink(cfg, weights=True) -> list:
-    """Tiny ViT in every DINOv2Backbone of ``cfg.model`` (and weights dropped unless ``weights=False``)."""
+    """Tiny ViT in every family backbone of ``cfg.model`` (and weights dropped unless ``weights=False``)."""
     nets = list(_backbone_nodes(cfg.model))
     for net in nets:
-        net.update(TINY)
+        net.update(TINY3 if "DINOv3" in str(net._target_) else TINY)
         if weights:
             net.weights = None
     return nets
@@ -115,7 +136,8 @@ def test_lazyconfig_loads_and_builds(rel):
         model = instantiate(cfg.model)
         assert isinstance(model, torch.nn.Module)
         if nets:
-            assert any(isinstance(m, DINOv2Backbone) for m in model.modules())
+            backbones = [m for m in model.modules() if isinstance(m, ViTBackbone)]
+            assert backbones and all(type(m) is family_class(rel) for m in backbones), rel
         if "optimizer" in cfg:  # layer decay / overrides resolve against the real parameter names
             cfg.optimizer.params.model = model
             opt = instantiate(cfg.optimizer)
@@ -148,9 +170,11 @@ def test_yacs_loads_and_builds(rel):
         # a partial base (e.g. data + solver only): it must be the _BASE_ of configs that build
         assert rel in _yaml_bases(), f"{rel} names no d2reg backbone and is no other config's _BASE_"
         return
+    assert cfg.MODEL.D2REG.FAMILY == ("dinov3" if "dinov3" in rel else "dinov2")
     with torch.device("meta"):
         model = build_model(cfg)
-    assert any(isinstance(m, DINOv2Backbone) for m in model.modules())
+    backbones = [m for m in model.modules() if isinstance(m, ViTBackbone)]
+    assert backbones and all(type(m) is family_class(rel) for m in backbones), rel
 
 
 # ---------------------------------------------------------------- inference through a few configs
@@ -166,7 +190,8 @@ NOREG = "model.backbone.net.num_register_tokens=0"
 
 
 @pytest.mark.parametrize("rel, overrides", [("COCO/mask_rcnn_vit_s_100ep.py", []),
-                                             ("COCO/cascade_mask_rcnn_vit_b_100ep.py", [NOREG])])
+                                             ("COCO/cascade_mask_rcnn_vit_b_100ep.py", [NOREG]),
+                                             ("COCO/mask_rcnn_dinov3_vit_s_100ep.py", [])])
 def test_lazyconfig_instance_seg_inference(rel, overrides):
     cfg = LazyConfig.apply_overrides(load_lazy(rel), overrides)
     shrink(cfg)
@@ -182,20 +207,26 @@ def test_lazyconfig_instance_seg_inference(rel, overrides):
             assert out["instances"].pred_masks.shape[-2:] == size
 
 
-def test_yacs_instance_seg_inference():
-    cfg = yacs_cfg("COCO/cascade_mask_rcnn_vit_b_100ep.yaml", *TINY_YACS, *FEW_PROPOSALS_YACS,
+@pytest.mark.parametrize("rel", ["COCO/cascade_mask_rcnn_vit_b_100ep.yaml",
+                                 "COCO/cascade_mask_rcnn_dinov3_vit_b_100ep.yaml"])
+def test_yacs_instance_seg_inference(rel):
+    cfg = yacs_cfg(rel, *TINY_YACS, *FEW_PROPOSALS_YACS,
                    "MODEL.D2REG.SFP.SQUARE_PAD", 256, "MODEL.D2REG.ARCH", "vit_small")
     model = build_model(cfg).eval()
+    assert isinstance(model.backbone.net, family_class(rel))
     sizes = [(100, 90)]
     with torch.no_grad():
         _check_instances(model(image_batch(sizes)), sizes)
 
 
 @pytest.mark.parametrize("rel", ["ADE20k/linear4_vit_s_40k.py", "ADE20k/sem_fpn_vit_l_80k.py",
-                                 "ADE20k/linear_vit_b_40k.yaml", "ADE20k/sem_fpn_vit_b_80k.yaml"])
+                                 "ADE20k/linear_vit_b_40k.yaml", "ADE20k/sem_fpn_vit_b_80k.yaml",
+                                 "ADE20k/linear_dinov3_vit_l_40k.py", "ADE20k/sem_fpn_dinov3_vit_s_80k.py",
+                                 "ADE20k/linear_dinov3_vit_b_40k.yaml", "ADE20k/sem_fpn_dinov3_vit_b_80k.yaml"])
 def test_sem_seg_inference(rel):
     if rel.endswith(".yaml"):
-        opts = ("MODEL.D2REG.ARCH", "vit_giant2", "MODEL.D2REG.NUM_REGISTER_TOKENS", 0)
+        opts = (("MODEL.D2REG.ARCH", "vit_small_plus") if "dinov3" in rel else
+                ("MODEL.D2REG.ARCH", "vit_giant2", "MODEL.D2REG.NUM_REGISTER_TOKENS", 0))
         model = build_model(yacs_cfg(rel, *TINY_YACS, *opts))
     else:
         cfg = load_lazy(rel)
@@ -252,23 +283,31 @@ def _loaded(rel: str):
     return load_lazy(rel)
 
 
-# one config per task and system; every other size / register setting is an override of these
-TASKS = [("COCO/mask_rcnn_vit_b_100ep", "model.backbone.net"),
-         ("COCO/cascade_mask_rcnn_vit_b_100ep", "model.backbone.net"),
-         ("ADE20k/sem_fpn_vit_b_80k", "model.backbone.net"),
-         ("ADE20k/linear_vit_b_40k", "model.backbone"),
-         ("ADE20k/linear4_vit_b_40k", "model.backbone")]
+# one config per task, system and family; every other size / register setting is an override of these
+TASKS = {
+    "dinov2": [("COCO/mask_rcnn_vit_b_100ep", "model.backbone.net"),
+               ("COCO/cascade_mask_rcnn_vit_b_100ep", "model.backbone.net"),
+               ("ADE20k/sem_fpn_vit_b_80k", "model.backbone.net"),
+               ("ADE20k/linear_vit_b_40k", "model.backbone"),
+               ("ADE20k/linear4_vit_b_40k", "model.backbone")],
+    "dinov3": [("COCO/mask_rcnn_dinov3_vit_b_100ep", "model.backbone.net"),
+               ("COCO/cascade_mask_rcnn_dinov3_vit_b_100ep", "model.backbone.net"),
+               ("ADE20k/sem_fpn_dinov3_vit_b_80k", "model.backbone.net"),
+               ("ADE20k/linear_dinov3_vit_b_40k", "model.backbone")],
+}
+# DINOv3 models always have 4 storage tokens: no register switch
+RECIPE_CASES = [(f, a, r) for f, a in sorted(RECIPES) for r in ((4, 0) if f == "dinov2" else (4,))]
 
 
-@pytest.mark.parametrize("family, arch", sorted(RECIPES))
-@pytest.mark.parametrize("registers", [4, 0])
+@pytest.mark.parametrize("family, arch, registers", RECIPE_CASES)
 def test_recipe_follows_arch_and_registers(family, arch, registers):
     """A command-line override of arch / registers moves weights, drop path and layer decay together,
-    in the LazyConfig and in the YACS config (resolve_recipe) alike: both read d2reg.recipes."""
+    in the LazyConfig and in the YACS config (resolve_recipe) alike: both read d2reg.recipes, the row
+    of the config's family."""
     row = RECIPES[(family, arch)]
-    for stem, net in TASKS:
-        lazy = LazyConfig.apply_overrides(copy.deepcopy(_loaded(stem + ".py")),
-                                          [f"{net}.arch={arch}", f"{net}.num_register_tokens={registers}"])
+    for stem, net in TASKS[family]:
+        overrides = [f"{net}.arch={arch}"] + ([f"{net}.num_register_tokens={registers}"] if family == "dinov2" else [])
+        lazy = LazyConfig.apply_overrides(copy.deepcopy(_loaded(stem + ".py")), overrides)
         yacs = yacs_cfg(stem + ".yaml", "MODEL.D2REG.ARCH", arch, "MODEL.D2REG.NUM_REGISTER_TOKENS", registers)
         frozen = stem.startswith("ADE20k/linear")  # the probes: frozen ViT, no drop path or layer decay
         want = (official_checkpoint(arch, registers, family), 0.0 if frozen else row.drop_path,
@@ -343,3 +382,124 @@ def test_register_switch_and_default_weights(tmp_path, monkeypatch, write_ckpt):
     shrink(cfg, weights=False)
     probe = instantiate(cfg.model.backbone)
     assert probe.checkpoint_info.num_register_tokens == 0 and probe.patch_size == 14
+
+
+# ---------------------------------------------------------------- DINOv3
+DINOV3_FILES = {  # facebookresearch/dinov3, dinov3/hub/backbones.py (LVD-1689M weights, default hashes)
+    "vit_small": "dinov3_vits16_pretrain_lvd1689m-08c60483.pth",
+    "vit_small_plus": "dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth",
+    "vit_base": "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth",
+    "vit_large": "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
+    "vit_huge_plus": "dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth",
+    "vit_7b": "dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth",
+}
+
+
+def test_dinov3_recipe_rows():
+    """One row per DINOv3 arch the backbone knows, with the official file name; sizes in order."""
+    rows = {a: r for (f, a), r in RECIPES.items() if f == "dinov3"}
+    assert set(rows) == set(DINOV3_ARCHS) == set(DINOV3_FILES)
+    for arch, name in DINOV3_FILES.items():
+        assert official_checkpoint(arch, family="dinov3", root="/ckpt") == f"/ckpt/{name}"
+        assert official_checkpoint(arch, 0, family="dinov3", root="/ckpt") == f"/ckpt/{name}"  # no register variant
+    order = ["vit_small", "vit_small_plus", "vit_base", "vit_large", "vit_huge_plus", "vit_7b"]
+    drops = [rows[a].drop_path for a in order]
+    assert drops == sorted(drops) and drops[0] == 0.1 and drops[-1] == 0.5
+    # S/B/L as the DINOv2 rows of the same depth; deeper models: the patch embedding's multiplier ~ ViT-L's
+    for arch in ("vit_small", "vit_base", "vit_large"):
+        assert rows[arch] == RECIPES[("dinov2", arch)]._replace(checkpoint=rows[arch].checkpoint)
+    target = rows["vit_large"].layer_decay ** (DINOV3_ARCHS["vit_large"].depth + 1)
+    for arch in ("vit_huge_plus", "vit_7b"):
+        assert rows[arch].layer_decay ** (DINOV3_ARCHS[arch].depth + 1) == pytest.approx(target, rel=0.1)
+    with pytest.raises(KeyError, match="no recipe for dinov3/vit_giant2"):
+        get_recipe("vit_giant2", "dinov3")
+
+
+def test_backbone_family_from_target():
+    assert backbone_family(DINOv3Backbone) == "dinov3" and backbone_family(DINOv2Backbone) == "dinov2"
+    assert backbone_family("d2reg.modeling.dinov3_backbone.DINOv3Backbone") == "dinov3"  # saved/loaded config
+    assert backbone_family("dinov3") == "dinov3"
+    with pytest.raises(ValueError, match="no d2reg family backbone"):
+        backbone_family(torch.nn.Linear)
+
+
+def test_family_switch_is_the_backbone_node():
+    """Putting dinov3_vit(...) in a DINOv2 config moves weights, drop path and the optimizer's layer
+    decay to the DINOv3 row (the layer decay reads the family from the backbone's _target_)."""
+    cfg = copy.deepcopy(_loaded("COCO/mask_rcnn_vit_b_100ep.py"))
+    cfg.model.backbone.net = LazyConfig.load(str(CONFIGS / "COCO/mask_rcnn_dinov3_vit_b_100ep.py")).model.backbone.net
+    cfg = LazyConfig.apply_overrides(cfg, ["model.backbone.net.arch=vit_small_plus"])  # a DINOv3-only size
+    row = RECIPES[("dinov3", "vit_small_plus")]
+    assert _lazy_recipe(cfg) == pytest.approx((official_checkpoint("vit_small_plus", family="dinov3"),
+                                               row.drop_path, row.layer_decay))
+
+
+def test_full_size_dinov3_vit_s_mask_rcnn_and_its_optimizer():
+    """DINOv3 ViT-S Mask R-CNN at its real size (random init): the right ViT, drop path, and layer
+    decay with the storage tokens at layer 0 and no weight decay on the prefix tokens."""
+    cfg = load_lazy("COCO/mask_rcnn_dinov3_vit_s_100ep.py")
+    assert instantiate(cfg.model.backbone.net.weights).endswith(DINOV3_FILES["vit_small"])
+    cfg.model.backbone.net.weights = None
+    model = instantiate(cfg.model)
+    net = model.backbone.net
+    assert isinstance(net, DINOv3Backbone)
+    vit = net.vit
+    assert sum(p.numel() for p in vit.parameters()) == pytest.approx(21.6e6, rel=0.03)
+    assert len(vit.blocks) == 12 and vit.embed_dim == 384 and vit.reg_token.shape[1] == 4
+    assert model.backbone.padding_constraints == {"size_divisibility": 32, "square_size": 1024}
+    assert vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    cfg.optimizer.params.model = model
+    opt = instantiate(cfg.optimizer)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.05
+    groups = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    lr, decay = 1e-4, RECIPES[("dinov3", "vit_small")].layer_decay
+    for name in ("backbone.net.vit.patch_embed.proj.weight", "backbone.net.vit.reg_token", "backbone.net.vit.cls_token"):
+        assert groups[id(named[name])]["lr"] == pytest.approx(lr * decay ** 13), name
+    assert groups[id(named["backbone.net.vit.blocks.11.attn.qkv.weight"])]["lr"] == pytest.approx(lr * decay)
+    for name in ("backbone.net.vit.reg_token", "backbone.net.vit.cls_token"):
+        assert groups[id(named[name])]["weight_decay"] == 0.0
+
+
+def test_dinov3_large_models_memory_settings():
+    """H+ fine-tunes with activation checkpointing; the 7B is only shipped frozen (linear probe): built
+    at full size on the meta device, no ViT parameter trains and the optimizer sees the head only."""
+    for rel in ("COCO/mask_rcnn_dinov3_vit_hplus_100ep.py", "COCO/cascade_mask_rcnn_dinov3_vit_hplus_100ep.py",
+                "ADE20k/sem_fpn_dinov3_vit_hplus_80k.py"):
+        net = load_lazy(rel).model.backbone.net
+        assert net.arch == "vit_huge_plus" and net.use_act_checkpoint, rel
+    cfg = load_lazy("ADE20k/linear_dinov3_vit_7b_40k.py")
+    assert cfg.model.backbone.arch == "vit_7b" and cfg.model.backbone.freeze_at == "all"
+    assert instantiate(cfg.model.backbone.weights).endswith(DINOV3_FILES["vit_7b"])
+    cfg.model.backbone.weights = None
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    vit = model.backbone.vit
+    assert sum(p.numel() for p in vit.parameters()) == pytest.approx(6.7e9, rel=0.03)
+    assert not any(p.requires_grad for p in vit.parameters())
+    assert model.sem_seg_head.in_channels == 4096
+    cfg.optimizer.params.model = model
+    opt = instantiate(cfg.optimizer)
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) < 1e6
+    assert opt.defaults["weight_decay"] == 1e-3  # the DINOv3 probe protocol
+
+
+def test_dinov3_default_weights(tmp_path, monkeypatch):
+    """Default DINOv3 weights: $D2REG_CHECKPOINTS/<official name>, a clear error when missing (LazyConfig
+    and YACS), loaded through the checkpoint pipeline when present."""
+    from dinov3_reference import random_official_dinov3_state_dict
+
+    from d2reg.testing import write_checkpoint
+
+    monkeypatch.setenv("D2REG_CHECKPOINTS", str(tmp_path))
+    cfg = load_lazy("COCO/mask_rcnn_dinov3_vit_s_100ep.py")
+    shrink(cfg, weights=False)
+    with pytest.raises(FileNotFoundError, match=DINOV3_FILES["vit_small"]):
+        instantiate(cfg.model.backbone)
+    write_checkpoint(str(tmp_path / DINOV3_FILES["vit_small"]),
+                     random_official_dinov3_state_dict("vit_small", seed=0, **TINY3))
+    net = instantiate(cfg.model.backbone).net
+    assert net.checkpoint_info.family == "dinov3"
+    ycfg = yacs_cfg("ADE20k/linear_dinov3_vit_b_40k.yaml", "MODEL.D2REG.ARCH", "vit_small")
+    assert ycfg.MODEL.D2REG.WEIGHTS == str(tmp_path / DINOV3_FILES["vit_small"])
+    assert (ycfg.MODEL.D2REG.PATCH_SIZE, ycfg.MODEL.D2REG.NUM_REGISTER_TOKENS, ycfg.SOLVER.WEIGHT_DECAY) == (16, 4, 1e-3)

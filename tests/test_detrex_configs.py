@@ -26,24 +26,29 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import ImageList
 from omegaconf import OmegaConf
 
-from d2reg import ARCHS
+from d2reg import ARCHS, DINOv3Backbone
 from d2reg.detrex import backbone_output_shape, match_neck_to_backbone
 from d2reg.recipes import get_recipe, official_checkpoint
 from d2reg.testing import write_random_checkpoint
+from d2reg.vit import DINOV3_ARCHS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "detrex"
 COMMON = CONFIGS / "common" / "d2reg_backbone.py"
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
-# full config -> (arch, pyramid levels); drop path / layer decay / weights from d2reg.recipes
+# full config -> (arch, pyramid levels, family); drop path / layer decay / weights from d2reg.recipes
+FOUR = ["p3", "p4", "p5", "p6"]
 FULL = {
-    "dino_d2reg_vit_base_4scale_12ep.py": ("vit_base", ["p3", "p4", "p5", "p6"]),
-    "dino_d2reg_vit_base_5scale_12ep.py": ("vit_base", ["p2", "p3", "p4", "p5", "p6"]),
-    "dino_d2reg_vit_small_4scale_12ep.py": ("vit_small", ["p3", "p4", "p5", "p6"]),
-    "dino_d2reg_vit_large_4scale_12ep.py": ("vit_large", ["p3", "p4", "p5", "p6"]),
+    "dino_d2reg_vit_base_4scale_12ep.py": ("vit_base", FOUR, "dinov2"),
+    "dino_d2reg_vit_base_5scale_12ep.py": ("vit_base", ["p2"] + FOUR, "dinov2"),
+    "dino_d2reg_vit_small_4scale_12ep.py": ("vit_small", FOUR, "dinov2"),
+    "dino_d2reg_vit_large_4scale_12ep.py": ("vit_large", FOUR, "dinov2"),
+    "dino_d2reg_dinov3_vit_base_4scale_12ep.py": ("vit_base", FOUR, "dinov3"),
+    "dino_d2reg_dinov3_vit_small_4scale_12ep.py": ("vit_small", FOUR, "dinov3"),
+    "dino_d2reg_dinov3_vit_large_4scale_12ep.py": ("vit_large", FOUR, "dinov3"),
 }
-# the register-free DINOv2 is a command-line override of any of them
+# the register-free DINOv2 is a command-line override of any DINOv2 one (DINOv3: always 4 storage tokens)
 CASES = [(name, 4) for name in sorted(FULL)] + [("dino_d2reg_vit_base_4scale_12ep.py", 0)]
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
@@ -275,17 +280,22 @@ def _stub_train_keys(root) -> set:
 
 @pytest.mark.parametrize("name, regs", CASES)
 def test_full_config_with_detrex_stub(name, regs, detrex_stub):
-    arch, levels = FULL[name]
-    decay, num_layers = get_recipe(arch).layer_decay, ARCHS[arch].depth
+    arch, levels, family = FULL[name]
+    row = get_recipe(arch, family)
+    decay, num_layers = row.layer_decay, (DINOV3_ARCHS if family == "dinov3" else ARCHS)[arch].depth
     cfg = LazyConfig.load(str(CONFIGS / name))
-    cfg = LazyConfig.apply_overrides(cfg, [f"model.backbone.net.num_register_tokens={regs}"])
+    if family == "dinov2":
+        cfg = LazyConfig.apply_overrides(cfg, [f"model.backbone.net.num_register_tokens={regs}"])
     model = cfg.model
 
     # backbone swapped in, neck and transformer derived from it
     net = model.backbone.net
-    assert (net.arch, net.num_register_tokens, net.patch_size) == (arch, regs, 16)
-    assert instantiate(net.drop_path_rate) == get_recipe(arch).drop_path
-    assert instantiate(net.weights) == official_checkpoint(arch, regs)
+    if family == "dinov2":
+        assert (net.arch, net.num_register_tokens, net.patch_size) == (arch, regs, 16)
+    else:
+        assert net.arch == arch and net._target_ is DINOv3Backbone
+    assert instantiate(net.drop_path_rate) == row.drop_path
+    assert instantiate(net.weights) == official_checkpoint(arch, regs, family)
     assert model.backbone.square_pad == 0
     assert list(model.neck.in_features) == levels
     assert model.neck.num_outs == len(levels)
@@ -330,7 +340,8 @@ def test_full_config_with_detrex_stub(name, regs, detrex_stub):
     assert group(last)["lr"] == pytest.approx(lr * decay)
     assert group("backbone.net.vit.blocks.0.attn.qkv.weight")["lr"] == pytest.approx(lr * decay**num_layers)
     assert group("backbone.net.vit.patch_embed.proj.weight")["lr"] == pytest.approx(lr * decay ** (num_layers + 1))
-    for pname in ("pos_embed", "cls_token") + (("reg_token",) if regs else ()):
+    prefix = ("cls_token", "reg_token") if family == "dinov3" else ("pos_embed", "cls_token")
+    for pname in prefix + (("reg_token",) if regs and family == "dinov2" else ()):
         assert group(f"backbone.net.vit.{pname}")["weight_decay"] == 0.0, pname
     assert group(last)["weight_decay"] == cfg.optimizer.weight_decay
 
@@ -366,13 +377,14 @@ def test_full_configs_fail_only_for_lack_of_detrex(name):
     assert getattr(err.value, "name", "").split(".")[0] == "detrex", err.value
 
 
-def test_full_dino_model_with_real_detrex(monkeypatch):
+@pytest.mark.parametrize("name", ["dino_d2reg_vit_base_4scale_12ep.py", "dino_d2reg_dinov3_vit_base_4scale_12ep.py"])
+def test_full_dino_model_with_real_detrex(monkeypatch, name):
     """Needs a detrex checkout (``pip install -e .`` there, or DETREX_ROOT + PYTHONPATH); skips here."""
     _forget_detrex()
     detrex = pytest.importorskip("detrex")
     assert "detrex_checkout" not in os.fspath(detrex.__file__)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    cfg = LazyConfig.load(str(CONFIGS / "dino_d2reg_vit_base_4scale_12ep.py"))
+    cfg = LazyConfig.load(str(CONFIGS / name))
     cfg.model.backbone.net.update(TINY, weights=None)
     cfg.model.device = "cuda" if torch.cuda.is_available() else "cpu"
     model = instantiate(cfg.model).to(cfg.model.device).eval()

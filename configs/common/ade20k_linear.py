@@ -6,17 +6,24 @@ multiples of 14) with the final LayerNorm applied, as the official ``get_interme
 4 blocks concatenated), bilinear upsampling. AdamW lr 1e-3, wd 1e-4, 40k iterations at batch 16,
 linear warmup (1500) then linear (poly 1.0) decay, as the DINOv2 linear evaluation. Only the head
 trains (the backbone has no trainable parameter: the optimizer only sees the head).
+
+DINOv3: :func:`use_dinov3` switches the backbone to a frozen DINOv3 ViT/16 with its final norm and
+takes the DINOv3 protocol (facebookresearch/dinov3, ``dinov3/eval/segmentation/configs/
+config-ade20k-linear-training.yaml``: BatchNorm + linear head on the last layer's normed patch tokens,
+AdamW lr 1e-3, betas 0.9/0.999, weight decay 1e-3, 40k iterations at 8 x 2 images, 1500 warm-up
+iterations from 1e-6, then cosine to 0; 512 crops of images rescaled 0.5-2.0x). Their evaluation is
+sliding-window (512, stride 341); here it is whole-image, as for DINOv2.
 """
 from detectron2.config import LazyCall as L
 from detectron2.modeling import SemanticSegmentor
 from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+from fvcore.common.param_scheduler import CosineParamScheduler, PolynomialDecayParamScheduler
 
 from d2reg.modeling.semseg import LinearSemSegHead, vit_feature_shapes
-from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD
+from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD, family_feature_shapes
 
 from .ade20k_sem_seg import dataloader
-from .d2reg_vit import dinov2_vit
+from .d2reg_vit import dinov2_vit, dinov3_vit
 from .optim_train import adamw, make_train
 
 model = L(SemanticSegmentor)(
@@ -64,3 +71,30 @@ lr_multiplier = L(WarmupParamScheduler)(
 def last_four_blocks(model) -> None:
     """Linear probe on the last 4 blocks' patch tokens, concatenated (4x the channels)."""
     model.backbone.out_indices = (-4, -3, -2, -1)
+
+
+def use_dinov3(model, optimizer, lr_multiplier, arch: str = "vit_base") -> None:
+    """Switch a linear-probe config to a frozen DINOv3 ViT/16 (``arch`` as d2reg.recipes' DINOv3 rows)
+    and the DINOv3 probe protocol (module docstring): weight decay 1e-3, cosine decay after warm-up.
+    Keeps ``out_indices`` (call :func:`last_four_blocks` before or after)."""
+    model.backbone = dinov3_vit(
+        arch,
+        freeze_at="all",
+        final_norm=True,
+        out_indices=tuple(model.backbone.out_indices),
+        drop_path_rate=0.0,
+        embed_dim=None,
+        depth=None,
+        num_heads=None,
+    )
+    model.sem_seg_head.input_shape = L(family_feature_shapes)(
+        family="dinov3",
+        arch="${...backbone.arch}",
+        out_indices="${...backbone.out_indices}",
+        patch_size=16,
+        embed_dim="${...backbone.embed_dim}",
+        depth="${...backbone.depth}",
+        num_heads="${...backbone.num_heads}",
+    )
+    optimizer.weight_decay = 1e-3
+    lr_multiplier.scheduler = L(CosineParamScheduler)(start_value=1.0, end_value=0.0)

@@ -1,4 +1,9 @@
-"""Shared LazyConfig pieces: the DINOv2(-reg) ViT backbone and its simple feature pyramid.
+"""Shared LazyConfig pieces: the DINOv2(-reg) and DINOv3 ViT backbones and the simple feature pyramid.
+
+The family is the backbone LazyCall: ``dinov2_vit(...)`` (``L(DINOv2Backbone)``) or ``dinov3_vit(...)``
+(``L(DINOv3Backbone)``); a DINOv3 config is a DINOv2 one with ``model.backbone.net = dinov3_vit(arch)``
+(the linear probes: ``ade20k_linear.use_dinov3``). Recipe values and the optimizer's layer decay read
+the family from the backbone node (``d2reg.recipes.backbone_family`` of its ``_target_``).
 
 The per-size values (drop path, layer-wise lr decay, official checkpoint name) are not written here:
 they are LazyCalls into the one recipe table, ``d2reg.recipes``, interpolated from the backbone's
@@ -20,10 +25,15 @@ read when the model is built). A missing file stops the build with a FileNotFoun
 from detectron2.config import LazyCall as L
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from d2reg import DINOv2Backbone, SimpleFeaturePyramid
-from d2reg.recipes import drop_path_rate, official_checkpoint
+from d2reg import DINOv2Backbone, DINOv3Backbone, SimpleFeaturePyramid
+from d2reg.recipes import backbone_family, drop_path_rate, official_checkpoint
 
-FAMILY = "dinov2"
+FAMILY = "dinov2"  # the family of dinov2_vit (and of the configs that do not switch)
+
+
+def family_of(target: str = "${model.backbone.net._target_}"):
+    """LazyCall giving the recipe family of the backbone whose ``_target_`` ``target`` interpolates."""
+    return L(backbone_family)(backbone=target)
 
 
 def dinov2_vit(arch: str = "vit_base", registers: int = 4, **kwargs):
@@ -40,6 +50,22 @@ def dinov2_vit(arch: str = "vit_base", registers: int = 4, **kwargs):
     )
     args.update(kwargs)
     return L(DINOv2Backbone)(**args)
+
+
+def dinov3_vit(arch: str = "vit_base", **kwargs):
+    """``L(DINOv3Backbone)`` (patch 16, 4 storage tokens, RoPE): weights and drop path follow ``arch``
+    (``vit_small``, ``vit_small_plus``, ``vit_base``, ``vit_large``, ``vit_huge_plus``, ``vit_7b``;
+    d2reg.recipes' DINOv3 rows). Default weights: ``$D2REG_CHECKPOINTS/dinov3_vitb16_pretrain_lvd1689m-
+    73cec8be.pth`` etc. (the official names; DINOv3 License, not Apache-2.0; never downloaded).
+    RoPE: the official inference RoPE, also while fine-tuning (no ``rope_augment``)."""
+    args = dict(
+        arch=arch,
+        weights=L(official_checkpoint)(arch="${..arch}", family="dinov3"),
+        drop_path_rate=L(drop_path_rate)(arch="${..arch}", family="dinov3"),
+        window_size=0,  # global attention in every block, as pre-trained
+    )
+    args.update(kwargs)
+    return L(DINOv3Backbone)(**args)
 
 
 def sfp(net, square_pad: int = 1024, out_channels: int = 256, top_block="p6"):

@@ -6,20 +6,22 @@ from d2reg.recipes import layer_decay
 from d2reg.solver import get_d2reg_optimizer_params
 from d2reg.zoo import get_config
 
-from .d2reg_vit import FAMILY
+from .d2reg_vit import family_of
 
 # the ViT of the COCO, ADE20k semantic-FPN and detrex configs (inside the simple feature pyramid)
 NET_ARCH = "${model.backbone.net.arch}"
+NET_TARGET = "${model.backbone.net._target_}"  # its class: the recipe family (DINOv2 / DINOv3)
 
 
-def use_d2reg_param_groups(optimizer, decay_arch=NET_ARCH):
+def use_d2reg_param_groups(optimizer, decay_arch=NET_ARCH, decay_target=NET_TARGET):
     """Give a detectron2-style optimizer config (``params=L(get_default_optimizer_params)(...)``, as
     detectron2's and detrex's ``common/optim.py``) d2reg's param groups: no weight decay on the
     position embedding and prefix tokens (``d2reg.solver.NO_WEIGHT_DECAY``) and the recipe's
-    layer-wise lr decay for the ViT whose ``arch`` ``decay_arch`` interpolates (``None``: no layer
-    decay). Returns ``optimizer``."""
+    layer-wise lr decay for the ViT whose ``arch`` ``decay_arch`` and class ``decay_target``
+    interpolate (``None``: no layer decay), from the table row of that class's family. Returns ``optimizer``."""
     optimizer.params._target_ = get_d2reg_optimizer_params
-    optimizer.params.lr_decay = L(layer_decay)(arch=decay_arch, family=FAMILY) if decay_arch else 1.0
+    optimizer.params.lr_decay = (L(layer_decay)(arch=decay_arch, family=family_of(decay_target))
+                                 if decay_arch else 1.0)
     return optimizer
 
 
