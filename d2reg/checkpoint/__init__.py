@@ -7,6 +7,7 @@ from .errors import CheckpointError, CheckpointInfo, StateDict
 from .io import D2_PREFIXES, read_state_dict, unwrap_state_dict
 from .pipeline import (
     FAMILIES,
+    convert_state_dict,
     convert_to_detectron2,
     detect,
     fit_state_dict,
@@ -21,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "StateDict",
+    "convert_state_dict",
     "convert_to_detectron2",
     "detect",
     "dinov2",

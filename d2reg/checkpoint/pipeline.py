@@ -23,6 +23,7 @@ from .io import D2_PREFIXES, read_state_dict
 __all__ = [
     "FAMILIES",
     "FAMILY_BACKBONES",
+    "convert_state_dict",
     "convert_to_detectron2",
     "detect",
     "fit_state_dict",
@@ -61,7 +62,11 @@ def detect(sd: StateDict) -> Tuple[str, str, StateDict]:
     )
 
 
-def _convert(raw: StateDict, path: str, family: Optional[str]) -> Tuple[StateDict, CheckpointInfo]:
+def convert_state_dict(
+    raw: StateDict, path: str = "", family: Optional[str] = None
+) -> Tuple[StateDict, CheckpointInfo]:
+    """Raw tensors (from :func:`read_state_dict`) -> (timm-layout tensors, :class:`CheckpointInfo`);
+    ``family``: refuse other families with a clear error."""
     found, layout, sd = detect(raw)
     if family is not None and found != family:
         raise CheckpointError(
@@ -78,7 +83,7 @@ def load_checkpoint(path: str, family: Optional[str] = None) -> Tuple[StateDict,
     """A local checkpoint of any supported family and layout -> (timm-layout tensors at the
     checkpoint's own patch size and grid, :class:`CheckpointInfo`). ``family``: refuse other families
     with a clear error. Resampling to a model happens in :func:`fit_state_dict`."""
-    sd, info = _convert(read_state_dict(path), os.fspath(path), family)
+    sd, info = convert_state_dict(read_state_dict(path), os.fspath(path), family)
     logger.info("d2reg: read %s: %s", path, info.describe())
     return sd, info
 
@@ -99,7 +104,7 @@ def load_dinov2_checkpoint(path: str) -> Tuple[StateDict, CheckpointInfo]:
 
 def read_checkpoint_info(path: str, family: Optional[str] = None) -> CheckpointInfo:
     """The :class:`CheckpointInfo` of a file from its tensor shapes alone (no tensor data read)."""
-    return _convert(read_state_dict(path, shapes_only=True), os.fspath(path), family)[1]
+    return convert_state_dict(read_state_dict(path, shapes_only=True), os.fspath(path), family)[1]
 
 
 def fit_state_dict(sd: StateDict, info: CheckpointInfo, vit: torch.nn.Module, **kwargs) -> StateDict:

@@ -18,9 +18,16 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..checkpoint import D2_PREFIXES, CheckpointError, detect, fit_state_dict, read_state_dict, unwrap_state_dict
+from ..checkpoint import (
+    D2_PREFIXES,
+    CheckpointError,
+    convert_state_dict,
+    detect,
+    fit_state_dict,
+    read_state_dict,
+    unwrap_state_dict,
+)
 from ..checkpoint.errors import short_list
-from ..checkpoint.pipeline import FAMILIES
 from ..solver import find_vit_backbone
 
 __all__ = ["D2RegCheckpointer", "RNGState"]
@@ -57,7 +64,8 @@ class D2RegCheckpointer(DetectionCheckpointer):
         if not isinstance(weights, dict):
             return loaded
         try:
-            family, fmt, sd = detect(unwrap_state_dict(weights))
+            raw = unwrap_state_dict(weights)
+            family, fmt, _ = detect(raw)
         except CheckpointError:
             return loaded  # not a d2reg family's layout: plain detectron2 loading (and the no-match check)
         if fmt == "detectron2" and not all(k.startswith(D2_PREFIXES) for k in weights):
@@ -74,9 +82,7 @@ class D2RegCheckpointer(DetectionCheckpointer):
                 f"{type(backbone).__name__} ({backbone.checkpoint_family}). Pass a {backbone.checkpoint_family} "
                 f"file, or build the {family} backbone (MODEL.D2REG.FAMILY {family})."
             )
-        module = FAMILIES[family]
-        sd = module.to_timm(sd, "timm" if fmt == "detectron2" else fmt)
-        info = module.checkpoint_info(sd, fmt, filename)
+        sd, info = convert_state_dict(raw, filename, family)
         fit_kwargs = dict(backbone.fit_kwargs)
         if self.patch_resize is not None:
             fit_kwargs["patch_resize"] = self.patch_resize

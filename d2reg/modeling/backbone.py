@@ -7,7 +7,7 @@ from detectron2.config import configurable
 
 from ..config import resolve_recipe
 from ..vit import PRETRAIN_IMG_SIZE, ViTArch, create_dinov2_vit, get_arch
-from .vit_backbone import FreezeAt, ViTBackbone
+from .vit_backbone import FreezeAt, ViTBackbone, common_kwargs_from_config
 from .window import enable_window_attention
 
 __all__ = ["DINOv2Backbone"]
@@ -93,23 +93,11 @@ class DINOv2Backbone(ViTBackbone):
     def from_config(cls, cfg) -> dict:
         c = resolve_recipe(cfg).MODEL.D2REG
         return dict(
-            arch=c.ARCH,
+            common_kwargs_from_config(c),
             num_register_tokens=c.NUM_REGISTER_TOKENS,
             patch_size=c.PATCH_SIZE,
             patch_resize=c.PATCH_RESIZE,
-            weights=c.WEIGHTS or None,
-            out_indices=tuple(c.OUT_INDICES),
-            final_norm=c.FINAL_NORM,
-            drop_path_rate=c.DROP_PATH_RATE,
-            use_act_checkpoint=c.USE_ACT_CHECKPOINT,
-            freeze_at=c.FREEZE_AT,
-            window_size=c.WINDOW_SIZE,
-            window_block_indexes=tuple(c.WINDOW_BLOCK_INDEXES),
             pretrain_img_size=c.PRETRAIN_IMG_SIZE,
-            embed_dim=c.EMBED_DIM or None,
-            depth=c.DEPTH or None,
-            num_heads=c.NUM_HEADS or None,
-            layer_scale_init=c.LAYER_SCALE_INIT,
         )
 
 

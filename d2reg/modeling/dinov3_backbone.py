@@ -16,7 +16,7 @@ from ..vit.dinov3 import (
     get_dinov3_arch,
     materialize_dinov3_vit,
 )
-from .vit_backbone import FreezeAt, ViTBackbone
+from .vit_backbone import FreezeAt, ViTBackbone, common_kwargs_from_config
 
 __all__ = ["DINOv3Backbone"]
 
@@ -108,18 +108,4 @@ class DINOv3Backbone(ViTBackbone):
             )
         if c.PATCH_SIZE != DINOV3_PATCH_SIZE:
             raise ValueError(f"MODEL.D2REG.PATCH_SIZE is {c.PATCH_SIZE}; DINOv3 models run at patch 16.")
-        return dict(
-            arch=c.ARCH,
-            weights=c.WEIGHTS or None,
-            out_indices=tuple(c.OUT_INDICES),
-            final_norm=c.FINAL_NORM,
-            drop_path_rate=c.DROP_PATH_RATE,
-            use_act_checkpoint=c.USE_ACT_CHECKPOINT,
-            freeze_at=c.FREEZE_AT,
-            window_size=c.WINDOW_SIZE,
-            window_block_indexes=tuple(c.WINDOW_BLOCK_INDEXES),
-            embed_dim=c.EMBED_DIM or None,
-            depth=c.DEPTH or None,
-            num_heads=c.NUM_HEADS or None,
-            layer_scale_init=c.LAYER_SCALE_INIT,
-        )
+        return common_kwargs_from_config(c)

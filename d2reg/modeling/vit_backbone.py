@@ -18,7 +18,7 @@ from ..vit import resolve_block_indices
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FreezeAt", "ViTBackbone", "check_freeze_at"]
+__all__ = ["FreezeAt", "ViTBackbone", "check_freeze_at", "common_kwargs_from_config"]
 
 FreezeAt = Union[int, str]
 
@@ -26,6 +26,25 @@ FreezeAt = Union[int, str]
 def check_freeze_at(freeze_at: FreezeAt, depth: int) -> None:
     if not (freeze_at in ("all", -1) or (isinstance(freeze_at, int) and 0 <= freeze_at <= depth + 1)):
         raise ValueError(f"freeze_at must be 0..{depth + 1} or 'all' (-1), got {freeze_at!r}.")
+
+
+def common_kwargs_from_config(c) -> dict:
+    """The kwargs every family backbone takes, from a (recipe-resolved) ``cfg.MODEL.D2REG`` node."""
+    return dict(
+        arch=c.ARCH,
+        weights=c.WEIGHTS or None,
+        out_indices=tuple(c.OUT_INDICES),
+        final_norm=c.FINAL_NORM,
+        drop_path_rate=c.DROP_PATH_RATE,
+        use_act_checkpoint=c.USE_ACT_CHECKPOINT,
+        freeze_at=c.FREEZE_AT,
+        window_size=c.WINDOW_SIZE,
+        window_block_indexes=tuple(c.WINDOW_BLOCK_INDEXES),
+        embed_dim=c.EMBED_DIM or None,
+        depth=c.DEPTH or None,
+        num_heads=c.NUM_HEADS or None,
+        layer_scale_init=c.LAYER_SCALE_INIT,
+    )
 
 
 class ViTBackbone(Backbone):

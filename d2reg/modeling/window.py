@@ -26,8 +26,9 @@ see ``num_windows`` copies of every prefix token, which changes the softmax mass
 sinks get, and the copies must be merged at the end. Sharing the prefix avoids both.
 
 Padding and layout: windows, their order and the padding of the grid to a multiple of
-``window_size`` are detectron2's (its ``window_partition`` / ``window_unpartition``, applied once per
-grid size to token indices). Per forward, one gather lays q/k/v out as windows of
+``window_size`` are detectron2's ``window_partition`` order (:class:`d2reg.vit.windows.WindowGrid`,
+token indices computed once per grid size and shared with DINOv3's windowed attention). Per
+forward, one gather lays q/k/v out as windows of
 ``[prefix, patches]`` and one gather puts the outputs back, instead of padding, permuting and
 concatenating the activations (fewer memory passes: on a 2-core CPU the copies cost more than the
 windowed attention itself). The qkv projection runs on the real tokens only. Unlike detectron2, the
@@ -41,14 +42,14 @@ training loop never does; a mismatch in the token count raises).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from detectron2.modeling.backbone.utils import window_partition, window_unpartition
 
 from ..vit import resolve_block_indices
+from ..vit.windows import WindowGrid
 
 __all__ = ["WindowedAttention", "default_window_block_indexes", "enable_window_attention"]
 
@@ -62,53 +63,6 @@ def default_window_block_indexes(depth: int, num_global: int = 4) -> List[int]:
     return [i for i in range(depth) if i not in global_blocks]
 
 
-class _Grid:
-    """The patch grid (h, w) of the image the ViT is processing, shared by its windowed blocks, and
-    the window layout for it (built once per grid size, reused by every block and forward)."""
-
-    __slots__ = ("hw", "_layouts")
-
-    def __init__(self):
-        self.hw: Optional[Tuple[int, int]] = None
-        self._layouts: Dict[tuple, tuple] = {}
-
-    def layout(self, window_size: int, num_prefix: int, device: torch.device):
-        """``(gather, back, mask, num_windows)`` for the current grid:
-
-        - ``gather`` (num_windows * (P + ws*ws),): token index of every window slot, the P prefix
-          tokens first in each window; padded slots point at token P (their keys are masked);
-        - ``back`` (h*w,): for every patch token, its slot in the windows' patch outputs;
-        - ``mask``: (num_windows, 1, 1, P + ws*ws) bool, True = real key; None without padding.
-
-        The layout is detectron2's: built by ``window_partition`` / ``window_unpartition`` applied to
-        token indices, so windows, their order and the padding match detectron2's ViT exactly.
-        """
-        h, w = self.hw
-        # inference-mode tensors cannot be saved for a later backward: separate entries (dynamo cannot
-        # trace the check; compiled graphs make their own tensors anyway)
-        inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
-        key = (h, w, window_size, num_prefix, str(device), inference)
-        found = self._layouts.get(key)
-        if found is not None:
-            return found
-        ids = torch.arange(1, h * w + 1, device=device).view(1, h, w, 1)  # 0 marks padding
-        win, pad_hw = window_partition(ids, window_size)
-        nw = win.shape[0]
-        win = win.view(nw, window_size * window_size)
-        prefix = torch.arange(num_prefix, device=device).expand(nw, num_prefix)
-        gather = torch.cat([prefix, (win - 1).clamp(min=0) + num_prefix], dim=1).flatten()
-        slots = torch.arange(nw * window_size * window_size, device=device).view(nw, window_size, window_size, 1)
-        back = window_unpartition(slots, window_size, pad_hw, (h, w)).flatten()
-        mask = None
-        if pad_hw != (h, w):
-            valid = torch.cat([torch.ones_like(prefix, dtype=torch.bool), win > 0], dim=1)
-            mask = valid[:, None, None, :]
-        if len(self._layouts) > 16:
-            self._layouts.clear()
-        found = self._layouts[key] = (gather, back, mask, nw)
-        return found
-
-
 class WindowedAttention(nn.Module):
     """timm ``Attention`` with windowed patch attention and global prefix tokens (see module doc).
 
@@ -117,7 +71,7 @@ class WindowedAttention(nn.Module):
     ``F.scaled_dot_product_attention``.
     """
 
-    def __init__(self, attn: nn.Module, window_size: int, num_prefix_tokens: int, grid: Optional[_Grid] = None):
+    def __init__(self, attn: nn.Module, window_size: int, num_prefix_tokens: int, grid: Optional[WindowGrid] = None):
         super().__init__()
         if getattr(attn, "gate", None) is not None:
             raise NotImplementedError("windowed attention does not support gated attention")
@@ -127,7 +81,7 @@ class WindowedAttention(nn.Module):
         self.attn_drop, self.norm, self.proj, self.proj_drop = attn.attn_drop, attn.norm, attn.proj, attn.proj_drop
         self.window_size = window_size
         self.num_prefix_tokens = num_prefix_tokens
-        self._grid = grid if grid is not None else _Grid()  # shared per ViT by enable_window_attention
+        self._grid = grid if grid is not None else WindowGrid()  # shared per ViT by enable_window_attention
 
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}, num_prefix_tokens={self.num_prefix_tokens}"
@@ -155,7 +109,7 @@ class WindowedAttention(nn.Module):
 
         # Patch tokens: windows of ws x ws patches, each also sees the P shared prefix keys/values.
         # One gather builds every window as [prefix, its patches] (padding included); no other copy.
-        gather, back, mask, nw = self._grid.layout(ws, P, x.device)
+        _, gather, back, mask, nw = self._grid.layout(ws, P, x.device)
         win = qkv.index_select(1, gather).view(B * nw, P + ws * ws, 3, nh, hd)
         qw = self.q_norm(win[:, P:, 0].transpose(1, 2))  # (B*nw, nh, ws*ws, hd)
         kw = self.k_norm(win[:, :, 1].transpose(1, 2))  # (B*nw, nh, P + ws*ws, hd)
@@ -191,7 +145,7 @@ def enable_window_attention(vit: nn.Module, window_size: int, window_block_index
     take = resolve_block_indices(window_block_indexes, depth, "window_block_indexes")
     grid = getattr(vit, "_d2reg_window_grid", None)
     if grid is None:
-        grid = _Grid()
+        grid = WindowGrid()
         vit._d2reg_window_grid = grid
 
         def record_grid(module, inputs, output):  # patch_embed output: (B, h, w, C) with dynamic sizes

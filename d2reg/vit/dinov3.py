@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,7 @@ from timm.models._manipulate import reinit_non_persistent_buffers
 from timm.models.eva import Eva, EvaAttention
 
 from .arch import resolve_block_indices
+from .windows import WindowGrid
 
 __all__ = [
     "DINOV3_ARCHS",
@@ -245,55 +246,6 @@ def materialize_dinov3_vit(vit: Eva, device: Union[str, torch.device] = "cpu") -
 
 
 # ------------------------------------------------------------------------------ windowed attention
-class _Grid:
-    """The patch grid (h, w) of the image the ViT is processing (recorded by a hook on patch_embed) and
-    the window layouts for it, built once per (grid, window, device)."""
-
-    __slots__ = ("hw", "_layouts")
-
-    def __init__(self):
-        self.hw: Optional[Tuple[int, int]] = None
-        self._layouts: Dict[tuple, tuple] = {}
-
-    def layout(self, window_size: int, num_prefix: int, device: torch.device):
-        """``(q_idx, kv_idx, back, mask, num_windows)`` for the current grid, in token indices:
-
-        - ``q_idx`` (nw * ws*ws,): the token of every window query slot (windows row-major over the grid
-          padded at the bottom/right to a multiple of ``ws``, detectron2's ``window_partition`` order;
-          a padded slot points at the first patch, its output is discarded);
-        - ``kv_idx`` (nw * (P + ws*ws),): per window the P prefix tokens, then its slots;
-        - ``back`` (h*w,): for every patch token, its slot in the windows' outputs;
-        - ``mask``: (nw, 1, 1, P + ws*ws) bool, True = real key; None when the grid needs no padding.
-        """
-        h, w = self.hw
-        inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
-        key = (h, w, window_size, num_prefix, str(device), inference)
-        found = self._layouts.get(key)
-        if found is not None:
-            return found
-        ws, P = window_size, num_prefix
-        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-        nh_, nw_ = hp // ws, wp // ws
-        ids = torch.full((hp, wp), -1, dtype=torch.long, device=device)
-        ids[:h, :w] = torch.arange(h * w, device=device).view(h, w)
-        win = ids.view(nh_, ws, nw_, ws).permute(0, 2, 1, 3).reshape(nh_ * nw_, ws * ws)  # -1 = padding
-        nw = win.shape[0]
-        real = win >= 0
-        slots = win.clamp(min=0) + P
-        q_idx = slots.flatten()
-        prefix = torch.arange(P, device=device).expand(nw, P)
-        kv_idx = torch.cat([prefix, slots], dim=1).flatten()
-        back = torch.empty(h * w, dtype=torch.long, device=device)
-        back[win[real]] = torch.arange(nw * ws * ws, device=device).view(nw, ws * ws)[real]
-        mask = None
-        if (hp, wp) != (h, w):
-            mask = torch.cat([torch.ones_like(prefix, dtype=torch.bool), real], dim=1)[:, None, None, :]
-        if len(self._layouts) > 16:
-            self._layouts.clear()
-        found = self._layouts[key] = (q_idx, kv_idx, back, mask, nw)
-        return found
-
-
 class DINOv3WindowedAttention(nn.Module):
     """timm ``EvaAttention`` with windowed patch attention and global prefix tokens.
 
@@ -311,7 +263,7 @@ class DINOv3WindowedAttention(nn.Module):
     the ``EvaAttention`` it replaces under the same names (same state-dict keys).
     """
 
-    def __init__(self, attn: EvaAttention, window_size: int, num_prefix_tokens: int, grid: Optional[_Grid] = None):
+    def __init__(self, attn: EvaAttention, window_size: int, num_prefix_tokens: int, grid: Optional[WindowGrid] = None):
         super().__init__()
         if not isinstance(attn, EvaAttention) or attn.qkv is None:
             raise NotImplementedError("DINOv3 windowed attention needs timm's EvaAttention with a fused qkv")
@@ -329,7 +281,7 @@ class DINOv3WindowedAttention(nn.Module):
         self.gate = attn.gate
         self.window_size = window_size
         self.num_prefix_tokens = num_prefix_tokens
-        self._grid = grid if grid is not None else _Grid()
+        self._grid = grid if grid is not None else WindowGrid()
 
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}, num_prefix_tokens={self.num_prefix_tokens}"
@@ -393,7 +345,7 @@ def enable_dinov3_window_attention(vit: Eva, window_size: int, window_block_inde
     take = resolve_block_indices(window_block_indexes, depth, "window_block_indexes")
     grid = getattr(vit, "_d2reg_window_grid", None)
     if grid is None:
-        grid = _Grid()
+        grid = WindowGrid()
         vit._d2reg_window_grid = grid
 
         def record_grid(module, inputs, output):  # Eva's dynamic-size patch_embed: (B, h, w, C)
