@@ -166,12 +166,16 @@ def test_benchmark_tool_tiny(tmp_path):
     assert report["ceiling"]["fp32"] > 0
     names = {r["case"] for r in report["results"]}
     assert {"d2reg", "d2reg+sfp", "timm", "d2reg-p14", "d2reg-ckpt", "d2reg-win"} <= names
+    assert {"dinov3", "dinov3+sfp", "dinov3-timm", "dinov3-ckpt", "dinov3-win"} <= names
     d2 = next(r for r in report["results"] if r["case"] == "d2reg")
     assert d2["fwd_ips"] > 0 and d2["step_ips"] > 0 and d2["gmac"] > d2["attention_gmac"] > 0
     assert d2["fwd_tflops"] > 0
     targets = {t["target"] for t in report["targets"]}
     assert "forward time d2reg / bare timm" in targets
     assert any(t.startswith("window speed-up") for t in targets)
+    v3, v3_timm = (next(r for r in report["results"] if r["case"] == n) for n in ("dinov3", "dinov3-timm"))
+    assert v3["fwd_ips"] > 0 and v3["step_ips"] > 0 and v3["gmac"] == pytest.approx(v3_timm["gmac"], rel=0.01)
+    assert {"DINOv3: forward time d2reg / bare timm", "DINOv3: window speed-up (forward), global / windowed"} <= targets
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Throughput, peak memory and FLOPs of the d2reg backbone against bare timm, patch 14 and
-transformers; activation checkpointing and windowed attention; the machine's matmul FLOP/s as the
-ceiling. Writes a JSON report and prints markdown tables (see d2reg/benchmark/__init__.py for the method).
+"""Throughput, peak memory and FLOPs of the d2reg backbones (DINOv2 and DINOv3) against bare timm
+(vit_*_patch14_reg4_dinov2 / vit_*_patch16_dinov3), patch 14 and transformers; activation checkpointing
+and windowed attention; the machine's matmul FLOP/s as the ceiling. Writes a JSON report and prints
+markdown tables (see d2reg/benchmark/__init__.py for the method).
 
 Examples:
   python tools/benchmark.py                                   # ViT-S, 1024^2, batch 1, every case
   python tools/benchmark.py --sizes 768 1024 1536 --cases d2reg d2reg-win --step-cases d2reg d2reg-win
   python tools/benchmark.py --device cuda --dtype bf16 --batch-sizes 1 4
+  python tools/benchmark.py --cases dinov3 dinov3-timm dinov3-win --step-cases   # DINOv3 only, forward
 """
 import argparse
 import sys
@@ -18,8 +20,11 @@ from d2reg.benchmark import ALL_CASES, STEP_CASES, format_report, run_benchmark,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="vit_small", help="vit_small | vit_base | vit_large | vit_giant2")
-    p.add_argument("--registers", type=int, default=4, help="register tokens (0: original DINOv2)")
+    p.add_argument("--arch", default="vit_small",
+                   help="vit_small | vit_base | vit_large (both families) | vit_giant2 (DINOv2) | "
+                        "vit_small_plus | vit_huge_plus | vit_7b (DINOv3)")
+    p.add_argument("--registers", type=int, default=4,
+                   help="DINOv2 register tokens (0: original DINOv2); DINOv3 always has 4 storage tokens")
     p.add_argument("--sizes", type=int, nargs="+", default=[1024], help="square input sides (518-1536)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
     p.add_argument("--cases", nargs="*", default=list(ALL_CASES), choices=ALL_CASES,

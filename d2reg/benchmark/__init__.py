@@ -15,7 +15,20 @@ hf             transformers' ``Dinov2WithRegistersBackbone`` (SDPA attention) at
                d2reg input size: the same tokens, another implementation (skipped if not installed)
 d2reg-ckpt     d2reg with per-block activation checkpointing (training step only)
 d2reg-win      d2reg with 14x14 windowed attention, ViTDet's 4 global blocks
+dinov3         :class:`DINOv3Backbone` (timm ``Eva``, RoPE, 4 storage tokens, patch 16), input S
+               rounded up to a multiple of 16
+dinov3+sfp     the same inside the simple feature pyramid
+dinov3-timm    bare timm ``vit_*_patch16_dinov3[_qkvb]`` (``timm.create_model(..., pretrained=False)``,
+               the qkv-bias variant where the official model has one) at that input size,
+               ``forward_features``
+dinov3-ckpt    DINOv3 with per-block activation checkpointing (training step only)
+dinov3-win     DINOv3 with 14x14 windowed attention (full-grid RoPE phases), ViTDet's 4 global blocks
 =============  ==============================================================================
+
+The DINOv3 cases get the same targets as the DINOv2 ones (names prefixed "DINOv3: "): backbone forward
+<= 1.05 x bare timm, window speed-up, checkpointing memory/time, FLOP/s against the ceiling. They run
+for the archs DINOv3 has (vit_small, vit_base, vit_large, vit_small_plus, vit_huge_plus, vit_7b; the
+DINOv2 cases for DINOv2's archs), so ``--arch vit_giant2`` skips them and ``--arch vit_7b`` the DINOv2 ones.
 
 Timings: ``warmup`` untimed rounds, then ``repeats`` rounds in which every case runs once, the
 order alternating A,B,..,B,A so that drift in a shared machine's load hits all cases alike; the
@@ -36,10 +49,12 @@ dense matmul FLOP/s (``2 n^3 / t``) as the ceiling.
 """
 from .measure import count_macs, kernel_flops, matmul_flops, sdpa_flop_jit, time_interleaved
 from .report import evaluate_targets, format_report, save_report
-from .run import ALL_CASES, STEP_CASES, WINDOW_SIZE, Case, make_cases, run_benchmark
+from .run import ALL_CASES, DINOV2_CASES, DINOV3_CASES, STEP_CASES, WINDOW_SIZE, Case, make_cases, run_benchmark
 
 __all__ = [
     "ALL_CASES",
+    "DINOV2_CASES",
+    "DINOV3_CASES",
     "STEP_CASES",
     "WINDOW_SIZE",
     "Case",

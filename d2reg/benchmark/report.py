@@ -32,38 +32,46 @@ def evaluate_targets(rows: List[dict], ceiling: Dict[str, float], dtype: str = "
         out.append({"target": name, "size": size, "batch": batch, "value": value, "goal": goal, "met": ok,
                     "detail": detail})
 
-    for r in rows:
-        if r["case"] != "d2reg":
-            continue
-        size, bs = r["size"], r["batch"]
-        timm_r, p14 = _find(rows, "timm", size, bs), _find(rows, "d2reg-p14", size, bs)
-        ck, win, sfp = (_find(rows, n, size, bs) for n in ("d2reg-ckpt", "d2reg-win", "d2reg+sfp"))
-        if timm_r and r["fwd_s"] and timm_r["fwd_s"]:
-            v = _ratio(r, timm_r, "fwd")
-            add("forward time d2reg / bare timm", size, bs, v, "<= 1.05", v <= 1.05)
-        if p14 and r["fwd_ips"] and p14["fwd_ips"]:
-            v = _ratio(p14, r, "fwd")  # throughput ratio = inverse time ratio
-            extra = f"FLOP ratio {p14['gmac'] / r['gmac']:.2f}" if r["gmac"] and p14["gmac"] else ""
-            add(f"throughput patch16@{r['input']} / patch14@{p14['input']}", size, bs, v, ">= 1.5", v >= 1.5, extra)
-        if r.get("fwd_ceiling_frac") is not None:
-            v = r["fwd_ceiling_frac"]
-            extra = ""
-            if timm_r and timm_r.get("fwd_ceiling_frac") is not None:
-                extra = f"bare timm {timm_r['fwd_ceiling_frac']:.0%}"
-            add(f"forward FLOP/s / {dtype} matmul FLOP/s", size, bs, v, ">= 0.75", v >= 0.75, extra)
-        if ck and r.get("step_peak_mib") and ck.get("step_peak_mib") and r["step_s"] and ck["step_s"]:
-            m, t = ck["step_peak_mib"] / r["step_peak_mib"], _ratio(ck, r, "step")
-            add("act. checkpointing: step memory ratio", size, bs, m, "<= 0.50", m <= 0.5)
-            add("act. checkpointing: step time ratio", size, bs, t, "<= 1.4", t <= 1.4)
-        if win and r["fwd_s"] and win["fwd_s"]:
-            v = _ratio(r, win, "fwd")
-            add("window speed-up (forward), global / windowed", size, bs, v, ">= 1.5", v >= 1.5)
-        if win and r["step_s"] and win["step_s"]:
-            v = _ratio(r, win, "step")
-            add("window speed-up (training step)", size, bs, v, "(report)", None)
-        if sfp and r["fwd_s"] and sfp["fwd_s"]:
-            v = _ratio(sfp, r, "fwd")
-            add("pyramid cost: (backbone+SFP) / backbone forward", size, bs, v, "(report)", None)
+    # (backbone case, its comparison cases, prefix of the target names): the same targets per family
+    families = (
+        ("d2reg", dict(timm="timm", p14="d2reg-p14", ckpt="d2reg-ckpt", win="d2reg-win", sfp="d2reg+sfp"), ""),
+        ("dinov3", dict(timm="dinov3-timm", p14=None, ckpt="dinov3-ckpt", win="dinov3-win", sfp="dinov3+sfp"),
+         "DINOv3: "),
+    )
+    for base, other, pre in families:
+        for r in rows:
+            if r["case"] != base:
+                continue
+            size, bs = r["size"], r["batch"]
+            timm_r, p14 = _find(rows, other["timm"], size, bs), other["p14"] and _find(rows, other["p14"], size, bs)
+            ck, win, sfp = (_find(rows, other[n], size, bs) for n in ("ckpt", "win", "sfp"))
+            if timm_r and r["fwd_s"] and timm_r["fwd_s"]:
+                v = _ratio(r, timm_r, "fwd")
+                add(f"{pre}forward time d2reg / bare timm", size, bs, v, "<= 1.05", v <= 1.05)
+            if p14 and r["fwd_ips"] and p14["fwd_ips"]:
+                v = _ratio(p14, r, "fwd")  # throughput ratio = inverse time ratio
+                extra = f"FLOP ratio {p14['gmac'] / r['gmac']:.2f}" if r["gmac"] and p14["gmac"] else ""
+                add(f"throughput patch16@{r['input']} / patch14@{p14['input']}", size, bs, v, ">= 1.5", v >= 1.5,
+                    extra)
+            if r.get("fwd_ceiling_frac") is not None:
+                v = r["fwd_ceiling_frac"]
+                extra = ""
+                if timm_r and timm_r.get("fwd_ceiling_frac") is not None:
+                    extra = f"bare timm {timm_r['fwd_ceiling_frac']:.0%}"
+                add(f"{pre}forward FLOP/s / {dtype} matmul FLOP/s", size, bs, v, ">= 0.75", v >= 0.75, extra)
+            if ck and r.get("step_peak_mib") and ck.get("step_peak_mib") and r["step_s"] and ck["step_s"]:
+                m, t = ck["step_peak_mib"] / r["step_peak_mib"], _ratio(ck, r, "step")
+                add(f"{pre}act. checkpointing: step memory ratio", size, bs, m, "<= 0.50", m <= 0.5)
+                add(f"{pre}act. checkpointing: step time ratio", size, bs, t, "<= 1.4", t <= 1.4)
+            if win and r["fwd_s"] and win["fwd_s"]:
+                v = _ratio(r, win, "fwd")
+                add(f"{pre}window speed-up (forward), global / windowed", size, bs, v, ">= 1.5", v >= 1.5)
+            if win and r["step_s"] and win["step_s"]:
+                v = _ratio(r, win, "step")
+                add(f"{pre}window speed-up (training step)", size, bs, v, "(report)", None)
+            if sfp and r["fwd_s"] and sfp["fwd_s"]:
+                v = _ratio(sfp, r, "fwd")
+                add(f"{pre}pyramid cost: (backbone+SFP) / backbone forward", size, bs, v, "(report)", None)
     hf_rows = [r for r in rows if r["case"] == "hf"]
     for h in hf_rows:
         r = _find(rows, "d2reg", h["size"], h["batch"])

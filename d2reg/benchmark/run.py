@@ -23,8 +23,10 @@ from .measure import (
 )
 from .report import evaluate_targets
 
-ALL_CASES = ("d2reg", "d2reg+sfp", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win")
-STEP_CASES = ("d2reg", "d2reg-ckpt", "d2reg-win")  # cases whose training step is timed by default
+DINOV2_CASES = ("d2reg", "d2reg+sfp", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win")
+DINOV3_CASES = ("dinov3", "dinov3+sfp", "dinov3-timm", "dinov3-ckpt", "dinov3-win")
+ALL_CASES = DINOV2_CASES + DINOV3_CASES
+STEP_CASES = ("d2reg", "d2reg-ckpt", "d2reg-win", "dinov3", "dinov3-ckpt", "dinov3-win")  # training step timed
 WINDOW_SIZE = 14
 
 
@@ -57,15 +59,31 @@ def _timm_name(arch: str, num_register_tokens: int) -> str:
     return f"{base[arch]}_patch14_{'reg4_' if num_register_tokens else ''}dinov2"
 
 
+def _specs(arch: str, arch_overrides: Optional[dict]):
+    """(DINOv2 spec or None, DINOv3 spec or None): ``arch`` in each family's table (vit_small / base /
+    large are in both; vit_giant2 is DINOv2 only; vit_small_plus / huge_plus / 7b are DINOv3 only)."""
+    from ..vit import ARCHS, get_arch
+    from ..vit.dinov3 import DINOV3_ARCHS, get_dinov3_arch
+
+    over = {k: v for k, v in (arch_overrides or {}).items() if v}
+    v2 = get_arch(arch, **over) if arch in ARCHS else None
+    v3 = get_dinov3_arch(arch, **over) if arch in DINOV3_ARCHS else None
+    if v2 is None and v3 is None:
+        raise ValueError(f"unknown arch {arch!r}: DINOv2 {sorted(ARCHS)}, DINOv3 {sorted(DINOV3_ARCHS)}")
+    return v2, v3
+
+
 def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: int = 4,
-               arch_overrides: Optional[dict] = None, pretrain_img_size: int = 518) -> List[Case]:
-    """The benchmark's cases at input ``size`` (see the module doc); unknown names raise."""
-    from ..modeling import DINOv2Backbone, SimpleFeaturePyramid
+               arch_overrides: Optional[dict] = None, pretrain_img_size: int = 518,
+               log: Callable[[str], None] = print) -> List[Case]:
+    """The benchmark's cases at input ``size`` (see the module doc); unknown names raise. Cases of a
+    family that has no ``arch`` (e.g. DINOv3 cases for vit_giant2) are skipped with a note."""
+    from ..modeling import DINOv2Backbone, DINOv3Backbone, SimpleFeaturePyramid
     from ..modeling.window import default_window_block_indexes
-    from ..vit import get_arch
 
     arch_overrides = {k: v for k, v in (arch_overrides or {}).items() if v}
-    spec = get_arch(arch, **arch_overrides)
+    spec, spec3 = _specs(arch, arch_overrides)
+    v3_over = {k: arch_overrides[k] for k in ("embed_dim", "depth", "num_heads") if k in arch_overrides}
     s16 = -(-size // 16) * 16
     s14 = max(14, round(size / 14) * 14)
     common = dict(arch=arch, num_register_tokens=num_register_tokens, pretrain_img_size=pretrain_img_size,
@@ -74,11 +92,20 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
     def backbone(**kw):
         return lambda: DINOv2Backbone(**common, **kw)
 
-    def pyramid():
+    def backbone3(**kw):
+        return lambda: DINOv3Backbone(arch=arch, **v3_over, **kw)
+
+    def pyramid(make=lambda: DINOv2Backbone(**common)):
         from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-        return SimpleFeaturePyramid(DINOv2Backbone(**common), "last_feat", 256, (4.0, 2.0, 1.0, 0.5),
-                                    LastLevelMaxPool(), "LN")
+        return SimpleFeaturePyramid(make(), "last_feat", 256, (4.0, 2.0, 1.0, 0.5), LastLevelMaxPool(), "LN")
+
+    def bare_timm3():
+        import timm
+
+        # timm's own DINOv3 model (vit_*_patch16_dinov3[_qkvb]: the qkv-bias variant where the official
+        # model has a qkv bias), random init, at exactly this input size
+        return timm.create_model(spec3.timm_name, pretrained=False, img_size=s16, num_classes=0, **v3_over)
 
     def bare_timm():
         import timm
@@ -108,12 +135,23 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
         "d2reg-ckpt": lambda: Case("d2reg-ckpt", s16, 16, backbone(use_act_checkpoint=True), forward=False),
         "d2reg-win": lambda: Case("d2reg-win", s16, 16, backbone(
             window_size=WINDOW_SIZE, window_block_indexes=default_window_block_indexes(spec.depth))),
+        "dinov3": lambda: Case("dinov3", s16, 16, backbone3()),
+        "dinov3+sfp": lambda: Case("dinov3+sfp", s16, 16, lambda: pyramid(backbone3())),
+        "dinov3-timm": lambda: Case("dinov3-timm", s16, 16, bare_timm3, call=lambda m, x: m.forward_features(x)),
+        "dinov3-ckpt": lambda: Case("dinov3-ckpt", s16, 16, backbone3(use_act_checkpoint=True), forward=False),
+        "dinov3-win": lambda: Case("dinov3-win", s16, 16, backbone3(
+            window_size=WINDOW_SIZE, window_block_indexes=default_window_block_indexes(spec3.depth))),
     }
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown benchmark cases {unknown}; choose from {list(table)}")
     cases = []
+    skipped = [n for n in names if (n in DINOV3_CASES and spec3 is None) or (n in DINOV2_CASES and spec is None)]
+    if skipped:
+        log(f"  {arch} is not an arch of the family of {skipped}: skipped")
     for n in names:
+        if n in skipped:
+            continue
         if n == "hf":
             try:
                 import transformers  # noqa: F401
@@ -210,7 +248,7 @@ def run_benchmark(
     pending_memory = []
     for size in sizes:
         names = list(dict.fromkeys(list(cases) + list(step_cases)))
-        size_cases = make_cases(arch, size, names, num_register_tokens, arch_overrides, pretrain_img_size)
+        size_cases = make_cases(arch, size, names, num_register_tokens, arch_overrides, pretrain_img_size, log)
         for c in size_cases:
             c.forward = c.forward and c.name in cases
             c.step = c.step and c.name in step_cases
@@ -241,12 +279,12 @@ def run_benchmark(
             if steps:
                 log(f"size {size}, batch {bs}: training step of {list(steps)} ...")
                 t_step = time_interleaved(steps, dev, warmup, repeats)
-            if "d2reg" in fwd:
-                from ..vit import get_arch
-
-                spec = get_arch(arch, **{k: v for k, v in (arch_overrides or {}).items() if v})
-                d2 = next(c for c in size_cases if c.name == "d2reg")
-                tokens = (d2.size // d2.patch) ** 2 + 1 + num_register_tokens
+            base = "d2reg" if "d2reg" in fwd else "dinov3" if "dinov3" in fwd else None
+            if base is not None:
+                v2, v3 = _specs(arch, arch_overrides)
+                spec = v2 if base == "d2reg" else v3
+                d2 = next(c for c in size_cases if c.name == base)
+                tokens = (d2.size // d2.patch) ** 2 + 1 + (num_register_tokens if base == "d2reg" else 4)
                 kern = kernel_flops(bs, tokens, spec.embed_dim, spec.num_heads, dev, dtype)
                 report.setdefault("kernels", []).append(dict(size=size, batch=bs, tokens=tokens, **kern))
                 log("  kernels: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in kern.items()))
