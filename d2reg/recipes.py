@@ -54,12 +54,9 @@ downloads them.
 from __future__ import annotations
 
 import os
-from typing import Dict, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
-from detectron2.layers import ShapeSpec
 from detectron2.utils.registry import locate
-
-from .vit import get_arch, get_dinov3_arch, resolve_block_indices
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -68,7 +65,6 @@ __all__ = [
     "Recipe",
     "backbone_family",
     "drop_path_rate",
-    "family_feature_shapes",
     "get_recipe",
     "layer_decay",
     "official_checkpoint",
@@ -148,25 +144,3 @@ def backbone_family(backbone) -> str:
     if not family:
         raise ValueError(f"{backbone!r} is no d2reg family backbone (no checkpoint_family).")
     return family
-
-
-def family_feature_shapes(
-    family: str = "dinov2",
-    arch: str = "vit_small",
-    out_indices: Sequence[int] = (-1,),
-    patch_size: int = 16,
-    embed_dim: Optional[int] = None,
-    depth: Optional[int] = None,
-    num_heads: Optional[int] = None,
-) -> Dict[str, ShapeSpec]:
-    """``output_shape()`` of the bare ViT backbone of ``(family, arch)`` without building it (the
-    ``input_shape`` of a linear-probe head in a LazyConfig), for either family's arch table:
-    ``block{i}`` for the other ``out_indices`` and ``last_feat``, ``embed_dim`` channels at the patch
-    stride (DINOv3: always 16)."""
-    if family == "dinov3":
-        spec = get_dinov3_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    else:
-        spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    take = resolve_block_indices(list(out_indices), spec.depth)
-    names = [f"block{i}" for i in take[:-1]] + ["last_feat"]
-    return {n: ShapeSpec(channels=spec.embed_dim, stride=patch_size) for n in names}

@@ -454,7 +454,8 @@ def test_full_size_dinov3_vit_s_mask_rcnn_and_its_optimizer():
     groups = {id(p): g for g in opt.param_groups for p in g["params"]}
     named = dict(model.named_parameters())
     lr, decay = 1e-4, RECIPES[("dinov3", "vit_small")].layer_decay
-    for name in ("backbone.net.vit.patch_embed.proj.weight", "backbone.net.vit.reg_token", "backbone.net.vit.cls_token"):
+    for name in ("backbone.net.vit.patch_embed.proj.weight", "backbone.net.vit.reg_token",
+                 "backbone.net.vit.cls_token"):
         assert groups[id(named[name])]["lr"] == pytest.approx(lr * decay ** 13), name
     assert groups[id(named["backbone.net.vit.blocks.11.attn.qkv.weight"])]["lr"] == pytest.approx(lr * decay)
     for name in ("backbone.net.vit.reg_token", "backbone.net.vit.cls_token"):
@@ -502,4 +503,5 @@ def test_dinov3_default_weights(tmp_path, monkeypatch):
     assert net.checkpoint_info.family == "dinov3"
     ycfg = yacs_cfg("ADE20k/linear_dinov3_vit_b_40k.yaml", "MODEL.D2REG.ARCH", "vit_small")
     assert ycfg.MODEL.D2REG.WEIGHTS == str(tmp_path / DINOV3_FILES["vit_small"])
-    assert (ycfg.MODEL.D2REG.PATCH_SIZE, ycfg.MODEL.D2REG.NUM_REGISTER_TOKENS, ycfg.SOLVER.WEIGHT_DECAY) == (16, 4, 1e-3)
+    c = ycfg.MODEL.D2REG
+    assert (c.PATCH_SIZE, c.NUM_REGISTER_TOKENS, ycfg.SOLVER.WEIGHT_DECAY) == (16, 4, 1e-3)

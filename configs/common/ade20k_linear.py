@@ -20,7 +20,7 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler, PolynomialDecayParamScheduler
 
 from d2reg.modeling.semseg import LinearSemSegHead, vit_feature_shapes
-from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD, family_feature_shapes
+from d2reg.recipes import IMAGENET_MEAN, IMAGENET_STD
 
 from .ade20k_sem_seg import dataloader
 from .d2reg_vit import dinov2_vit, dinov3_vit
@@ -87,7 +87,7 @@ def use_dinov3(model, optimizer, lr_multiplier, arch: str = "vit_base") -> None:
         depth=None,
         num_heads=None,
     )
-    model.sem_seg_head.input_shape = L(family_feature_shapes)(
+    model.sem_seg_head.input_shape = L(vit_feature_shapes)(
         family="dinov3",
         arch="${...backbone.arch}",
         out_indices="${...backbone.out_indices}",

@@ -17,7 +17,7 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..vit import get_arch, resolve_block_indices
+from ..vit import get_arch, get_dinov3_arch, resolve_block_indices
 from .families import vit_backbone_from_config
 
 __all__ = ["LinearSemSegHead", "build_d2reg_vit_backbone", "vit_feature_shapes"]
@@ -141,12 +141,16 @@ def vit_feature_shapes(
     embed_dim: Optional[int] = None,
     depth: Optional[int] = None,
     num_heads: Optional[int] = None,
+    family: str = "dinov2",
 ) -> Dict[str, ShapeSpec]:
-    """What ``DINOv2Backbone(arch, out_indices=..., patch_size=..., embed_dim=..., depth=...)
-    .output_shape()`` returns, without building it: the ``input_shape`` of a head in a LazyConfig,
-    e.g. ``L(LinearSemSegHead)(input_shape=L(vit_feature_shapes)(arch="${..backbone.arch}", ...))``."""
-
-    spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    """What the bare family backbone's ``output_shape()`` returns (``DINOv2Backbone(arch, out_indices=...,
+    patch_size=..., embed_dim=..., depth=...)``, or ``DINOv3Backbone`` for ``family="dinov3"``, patch 16),
+    without building it: the ``input_shape`` of a head in a LazyConfig, e.g.
+    ``L(LinearSemSegHead)(input_shape=L(vit_feature_shapes)(arch="${..backbone.arch}", ...))``."""
+    if family == "dinov3":
+        spec = get_dinov3_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    else:
+        spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     take = resolve_block_indices(list(out_indices), spec.depth)
     names = [f"block{i}" for i in take[:-1]] + ["last_feat"]
     return {n: ShapeSpec(channels=spec.embed_dim, stride=patch_size) for n in names}
