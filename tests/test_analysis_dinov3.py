@@ -3,28 +3,19 @@ a DINOv2-reg vs DINOv3 compare run, and the recomputed attention probabilities (
 reproducing the block's real attention output."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
+from _tools import load_tool as tool
 from dinov3_reference import random_official_dinov3_state_dict
 from PIL import Image
 
 from d2reg.analysis import attention_probs, last_block_attention, load_model
 from d2reg.testing import random_official_state_dict, write_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V3 = dict(embed_dim=64, depth=2, num_heads=2)  # head dim 32: RoPE with 8 frequencies per axis
-
-
-def tool(name):
-    spec = importlib.util.spec_from_file_location(f"d2reg_tool3_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
-"""Diagnostics for DINOv2(-reg) ViTs: high-norm tokens, CLS/register attention maps, PCA feature maps.
+"""Diagnostics for DINOv2(-reg) and DINOv3 ViTs: high-norm tokens, CLS/register (DINOv3: storage token)
+attention maps, PCA feature maps. The model family is read from the checkpoint (:func:`load_model`).
 
 The command-line tools are ``tools/token_norms.py``, ``tools/attention_maps.py`` and
 ``tools/pca_features.py``; they share :func:`common_parser` (model and input arguments),
 :func:`load_model` and :func:`load_images`. Everything here also works from Python.
 """
-from .attention import AttentionMaps, attention_maps, attention_probs, last_block_attention
+from .attention import AttentionMaps, attention_maps, attention_probs, attention_qkv, last_block_attention
 from .common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,6 +43,7 @@ __all__ = [
     "PCAResult",
     "attention_maps",
     "attention_probs",
+    "attention_qkv",
     "block_features",
     "block_stats",
     "block_thresholds",

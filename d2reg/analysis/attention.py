@@ -45,9 +45,9 @@ def attention_qkv(attn: torch.nn.Module, x: torch.Tensor, rope: Optional[torch.T
     """(B, N, C) input of a timm ``Attention`` or ``EvaAttention`` (+ the ``rope`` its block passes) ->
     q, k, v of shape (B, heads, N, head_dim) as the module's forward feeds them to its attention
     kernel (after q/k norm and, for ``EvaAttention``, RoPE on the patch tokens)."""
-    if type(attn).__name__ == "DINOv3WindowedAttention":
-        raise NotImplementedError("attention maps of a windowed DINOv3 block: build the model without "
-                                  "window_size (the diagnostics do) to see global attention")
+    if getattr(attn, "window_size", 0):  # d2reg's WindowedAttention / DINOv3WindowedAttention
+        raise NotImplementedError("attention probabilities of a windowed block: build the model without "
+                                  "window_size (the diagnostics do) to see its global attention")
     B, N, _ = x.shape
     heads = attn.num_heads
     if not _is_eva(attn):  # timm Attention (DINOv2)
