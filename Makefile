@@ -10,9 +10,9 @@ test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests
 
-# make demo [WEIGHTS=dinov2.pth] [TASK=sem_seg] [BUDGET=minutes, default 6.5; 0: the full tuned run]
+# make demo [WEIGHTS=dinov2_or_dinov3.pth] [TASK=sem_seg] [FAMILY=dinov3] [BUDGET=minutes, default 6.5; 0: the full tuned run]
 demo: venv
-	$(PY) tools/demo.py $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TASK),--task $(TASK)) $(if $(BUDGET),--time-budget $(BUDGET))
+	$(PY) tools/demo.py $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TASK),--task $(TASK)) $(if $(FAMILY),--family $(FAMILY)) $(if $(BUDGET),--time-budget $(BUDGET))
 
 lint: venv
 	$(PY) -m ruff check .

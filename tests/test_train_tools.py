@@ -187,17 +187,32 @@ def test_convert_checkpoint_for_stock_detectron2(write_ckpt, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- tools/demo.py
-def test_demo_tool_instance_with_weights(write_ckpt, tiny_synth, tmp_path, capsys):
-    """`make demo WEIGHTS=...`: the DINOv2 file (patch 14) lands in the patch-8 demo backbone, the
-    model trains, COCOEvaluator reports box and mask AP and predictions.png is written."""
-    path, _ = write_ckpt("dinov2_official.pth", "official", embed_dim=64, depth=3, num_heads=2)
+def _dinov2_file(write_ckpt, tmp_path):
+    return write_ckpt("dinov2_official.pth", "official", embed_dim=64, depth=3, num_heads=2)[0]
+
+
+def _dinov3_file(write_ckpt, tmp_path):
+    from dinov3_reference import random_official_dinov3_state_dict
+
+    from d2reg.testing import write_checkpoint
+
+    sd = random_official_dinov3_state_dict("vit_small", seed=0, embed_dim=64, depth=3, num_heads=2)
+    return write_checkpoint(str(tmp_path / "dinov3_official.pth"), sd)
+
+
+@pytest.mark.parametrize("family, make_file, patch", [("dinov2", _dinov2_file, 8), ("dinov3", _dinov3_file, 16)])
+def test_demo_tool_instance_with_weights(write_ckpt, tiny_synth, tmp_path, capsys, family, make_file, patch):
+    """`make demo WEIGHTS=...`: a DINOv2 file (patch 14) lands in the patch-8 demo backbone, a DINOv3 file
+    picks the DINOv3 demo (patch 16); the model trains, COCOEvaluator reports box and mask AP and
+    predictions.png is written."""
+    path = make_file(write_ckpt, tmp_path)
     tool = load_tool("demo")
     results = tool.main(["--weights", path, "--output-dir", str(tmp_path / "demo"), *TINY_INSTANCE,
                          "SOLVER.MAX_ITER", "2"])
     out = capsys.readouterr().out
     res = results.get("d2reg_synth_val", results)  # detectron2 flattens a single test set
     assert f"box AP {res['bbox']['AP']:.1f}" in out and f"mask AP {res['segm']['AP']:.1f}" in out
-    assert "patch 8" in out and "weights " + path in out
+    assert f"model: {family} ViT" in out and f"patch {patch}" in out and "weights " + path in out
     assert os.path.getsize(tmp_path / "demo" / "predictions.png") > 1000
     with open(tmp_path / "demo" / "config.yaml") as f:
         assert path in f.read()  # MODEL.WEIGHTS, i.e. through D2RegCheckpointer

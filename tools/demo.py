@@ -3,9 +3,9 @@
 
 1. generates the synthetic shapes data set on first use (``d2reg.data``; cached under $D2REG_CACHE
    or ~/.cache/d2reg),
-2. trains a tiny ViT-reg Mask R-CNN (``configs/demo/mask_rcnn_vit_tiny_synth.yaml``) from random
-   init, or from ``--weights`` (an official / timm / HF DINOv2 file: its first 4 blocks) with
-   detectron2's trainer,
+2. trains a tiny ViT-reg Mask R-CNN (``configs/demo/mask_rcnn_vit_tiny_synth.yaml``; ``--family
+   dinov3``: ``mask_rcnn_dinov3_tiny_synth.yaml``) from random init, or from ``--weights`` (an
+   official / timm / HF DINOv2 or DINOv3 file: its first 4 blocks) with detectron2's trainer,
 3. evaluates on the held-out images with ``COCOEvaluator`` (box and mask AP) — or, with
    ``--task sem_seg``, a semantic FPN with ``SemSegEvaluator`` (mIoU),
 4. writes ``<output-dir>/predictions.png`` (ground truth on top, predictions below; detectron2's
@@ -30,10 +30,15 @@ import os  # noqa: E402
 import torch  # noqa: E402
 
 import d2reg.data  # noqa: E402
+from d2reg.checkpoint import read_checkpoint_info  # noqa: E402
 from d2reg.demo import DemoTrainer, TimeBudget, cpu_model, demo_cfg, draw_predictions  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo")
-DEMO_CONFIGS = {"instance": "mask_rcnn_vit_tiny_synth.yaml", "sem_seg": "sem_fpn_vit_tiny_synth.yaml"}
+DEMO_CONFIGS = {
+    ("instance", "dinov2"): "mask_rcnn_vit_tiny_synth.yaml",
+    ("sem_seg", "dinov2"): "sem_fpn_vit_tiny_synth.yaml",
+    ("instance", "dinov3"): "mask_rcnn_dinov3_tiny_synth.yaml",
+}
 DEFAULT_BUDGET_MIN = 6.5  # >= 30% margin to 10 minutes, with room for the plan's error
 # What follows training (evaluation of the 64 validation images, the picture), in training steps of the same
 # machine plus a fixed part: it took 2.6 and 5.4 steps in two runs on a loaded AMD EPYC (load moves it).
@@ -43,9 +48,12 @@ RESERVE_S = 15.0
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=tuple(DEMO_CONFIGS), default="instance")
+    parser.add_argument("--task", choices=("instance", "sem_seg"), default="instance")
+    parser.add_argument("--family", choices=("dinov2", "dinov3"), default=None,
+                        help="backbone family (default: the --weights file's, else dinov2)")
     parser.add_argument("--config-file", default="", help="default configs/demo/<the task's config>")
-    parser.add_argument("--weights", default="", help="local DINOv2 checkpoint (official/timm/HF); default random init")
+    parser.add_argument("--weights", default="",
+                        help="local DINOv2 or DINOv3 checkpoint (official/timm/HF); default random init")
     parser.add_argument("--output-dir", default="", help="default output/demo_<task>")
     parser.add_argument("--time-budget", type=float, default=DEFAULT_BUDGET_MIN, metavar="MINUTES",
                         help=f"wall-clock budget of the whole demo (default {DEFAULT_BUDGET_MIN}); 0: no budget")
@@ -54,7 +62,10 @@ def main(argv=None):
     start = _START if argv is None else time.time()  # called as a function (tests): from now
     cpu_start = time.process_time()
 
-    config_file = args.config_file or os.path.join(CONFIG_DIR, DEMO_CONFIGS[args.task])
+    family = args.family or (read_checkpoint_info(args.weights).family if args.weights else "dinov2")
+    if not args.config_file and (args.task, family) not in DEMO_CONFIGS:
+        parser.error(f"no {args.task} demo for the {family} family (available: {sorted(DEMO_CONFIGS)}).")
+    config_file = args.config_file or os.path.join(CONFIG_DIR, DEMO_CONFIGS[args.task, family])
     cfg = demo_cfg(config_file, args.weights or None, args.output_dir or None, args.opts)
     cpu = f"{cpu_model()}, {torch.get_num_threads()} threads"
     print(f"[demo] CPU: {cpu}")
@@ -62,8 +73,9 @@ def main(argv=None):
     root = d2reg.data.prepare_synthetic_dataset(cfg.DATASETS.TRAIN[0])
     print(f"[demo] synthetic data set: {root} ({time.time() - t:.0f} s)")
     d2 = cfg.MODEL.D2REG
-    print(f"[demo] model: ViT {d2.EMBED_DIM or d2.ARCH}-dim x {d2.DEPTH or 'all'} blocks, {d2.NUM_REGISTER_TOKENS} "
-          f"registers, patch {d2.PATCH_SIZE}; {'weights ' + args.weights if args.weights else 'RANDOM INIT'}; "
+    print(f"[demo] model: {d2.FAMILY} ViT {d2.EMBED_DIM or d2.ARCH}-dim x {d2.DEPTH or 'all'} blocks, "
+          f"{d2.NUM_REGISTER_TOKENS} registers, patch {d2.PATCH_SIZE}; "
+          f"{'weights ' + args.weights if args.weights else 'RANDOM INIT'}; "
           f"up to {cfg.SOLVER.MAX_ITER} iterations x {cfg.SOLVER.IMS_PER_BATCH} images on {cfg.MODEL.DEVICE}")
 
     budget = None

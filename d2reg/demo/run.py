@@ -13,33 +13,36 @@ from detectron2.engine import default_argument_parser, default_writers, hooks
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
-from ..checkpoint import load_dinov2_checkpoint
+from ..checkpoint import read_checkpoint_info
 from ..engine import D2RegTrainer, setup_cfg
 from .budget import TimeBudget, scale_steps
 
 __all__ = ["DemoTrainer", "demo_cfg", "draw_predictions"]
 
 
+# The architecture names whose MLP is SwiGLU (a custom-width SwiGLU checkpoint keeps its MLP kind).
+SWIGLU_ARCH = {"dinov2": "vit_giant2", "dinov3": "vit_small_plus"}
+
+
 def demo_cfg(config_file: str, weights: Optional[str] = None, output_dir: Optional[str] = None,
              opts: Sequence[str] = ()):
     """The frozen config of ``config_file`` (a demo YAML, e.g. ``configs/demo/*.yaml`` of the source
-    checkout: ``tools/demo.py`` passes it). With ``weights`` (a DINOv2 checkpoint in any layout d2reg
-    reads) the backbone takes the checkpoint's width, heads and registers (its first
-    ``MODEL.D2REG.DEPTH`` blocks) and the file goes through ``MODEL.WEIGHTS``, i.e.
-    :class:`d2reg.engine.D2RegCheckpointer`."""
+    checkout: ``tools/demo.py`` passes it). With ``weights`` (a DINOv2 or DINOv3 checkpoint in any
+    layout d2reg reads; it must be of the config's ``MODEL.D2REG.FAMILY``) the backbone takes the
+    checkpoint's architecture (its first ``MODEL.D2REG.DEPTH`` blocks) and the file goes through
+    ``MODEL.WEIGHTS``, i.e. :class:`d2reg.engine.D2RegCheckpointer`."""
     extra = []
     if weights:
-        _, info = load_dinov2_checkpoint(weights)
+        info = read_checkpoint_info(weights)
         extra += [
             "MODEL.WEIGHTS", weights,
+            "MODEL.D2REG.ARCH", info.arch or (SWIGLU_ARCH[info.family] if info.swiglu else "vit_small"),
             "MODEL.D2REG.EMBED_DIM", str(info.embed_dim),
-            "MODEL.D2REG.NUM_HEADS", str(max(1, info.embed_dim // 64)),
+            "MODEL.D2REG.NUM_HEADS", str(info.num_heads),
             "MODEL.D2REG.NUM_REGISTER_TOKENS", str(info.num_register_tokens),
             "MODEL.D2REG.DEPTH", str(min(4, info.depth)),
             "MODEL.D2REG.LR_DECAY", "0.7",
         ]
-        if info.swiglu:
-            extra += ["MODEL.D2REG.ARCH", "vit_giant2"]
     if output_dir:
         extra += ["OUTPUT_DIR", output_dir]
     args = default_argument_parser().parse_args(["--config-file", config_file] + extra + list(opts))
