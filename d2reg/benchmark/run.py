@@ -9,7 +9,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
+from ..modeling import DINOv2Backbone, DINOv3Backbone, SimpleFeaturePyramid
+from ..modeling.window import default_window_block_indexes
+from ..vit import ARCHS, get_arch
+from ..vit.dinov3 import DINOV3_ARCHS, get_dinov3_arch
 from .measure import (
     _autocast,
     _CpuPeak,
@@ -62,9 +67,6 @@ def _timm_name(arch: str, num_register_tokens: int) -> str:
 def _specs(arch: str, arch_overrides: Optional[dict]):
     """(DINOv2 spec or None, DINOv3 spec or None): ``arch`` in each family's table (vit_small / base /
     large are in both; vit_giant2 is DINOv2 only; vit_small_plus / huge_plus / 7b are DINOv3 only)."""
-    from ..vit import ARCHS, get_arch
-    from ..vit.dinov3 import DINOV3_ARCHS, get_dinov3_arch
-
     over = {k: v for k, v in (arch_overrides or {}).items() if v}
     v2 = get_arch(arch, **over) if arch in ARCHS else None
     v3 = get_dinov3_arch(arch, **over) if arch in DINOV3_ARCHS else None
@@ -78,8 +80,6 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
                log: Callable[[str], None] = print) -> List[Case]:
     """The benchmark's cases at input ``size`` (see the module doc); unknown names raise. Cases of a
     family that has no ``arch`` (e.g. DINOv3 cases for vit_giant2) are skipped with a note."""
-    from ..modeling import DINOv2Backbone, DINOv3Backbone, SimpleFeaturePyramid
-    from ..modeling.window import default_window_block_indexes
 
     arch_overrides = {k: v for k, v in (arch_overrides or {}).items() if v}
     spec, spec3 = _specs(arch, arch_overrides)
@@ -96,7 +96,6 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
         return lambda: DINOv3Backbone(arch=arch, **v3_over, **kw)
 
     def pyramid(make=lambda: DINOv2Backbone(**common)):
-        from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
         return SimpleFeaturePyramid(make(), "last_feat", 256, (4.0, 2.0, 1.0, 0.5), LastLevelMaxPool(), "LN")
 
