@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import recipes
 from ..checkpoint import CheckpointInfo, read_checkpoint_info
 from ..modeling import BACKBONE_FAMILIES
 from ..vit import ARCHS, PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, ViTArch, get_arch
@@ -44,8 +45,9 @@ __all__ = [
     "to_tensor",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The one ImageNet normalisation (d2reg.recipes, 0-255 pixels), on the [0, 1] scale the tools use.
+IMAGENET_MEAN = tuple(v / 255.0 for v in recipes.IMAGENET_MEAN)
+IMAGENET_STD = tuple(v / 255.0 for v in recipes.IMAGENET_STD)
 FAMILY_NAMES = ("dinov2", "dinov3")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 

@@ -91,14 +91,7 @@ class WindowedAttention(nn.Module):
             raise NotImplementedError("windowed attention takes no attention mask")
         B, N, C = x.shape
         P, ws, nh, hd = self.num_prefix_tokens, self.window_size, self.num_heads, self.head_dim
-        if self._grid.hw is None:
-            raise RuntimeError("windowed attention: no patch grid recorded (run the ViT, not the block alone)")
-        h, w = self._grid.hw
-        if N != P + h * w:
-            raise RuntimeError(
-                f"windowed attention: {N} tokens do not match the recorded {h}x{w} grid + {P} prefix tokens "
-                "(a forward of another image size ran before this block's recomputation?)"
-            )
+        h, w = self._grid.checked_hw(N, P)
         dropout_p = self.attn_drop.p if self.training else 0.0
         qkv = self.qkv(x)  # (B, N, 3 * attn_dim)
 

@@ -292,12 +292,7 @@ class DINOv3WindowedAttention(nn.Module):
             raise NotImplementedError("windowed attention takes no attention mask")
         B, N, C = x.shape
         P, ws, nh, hd = self.num_prefix_tokens, self.window_size, self.num_heads, self.head_dim
-        if self._grid.hw is None:
-            raise RuntimeError("windowed attention: no patch grid recorded (run the ViT, not the block alone)")
-        h, w = self._grid.hw
-        if N != P + h * w:
-            raise RuntimeError(f"windowed attention: {N} tokens do not match the recorded {h}x{w} grid + {P} "
-                               "prefix tokens (a forward of another image size ran before this recomputation?)")
+        h, w = self._grid.checked_hw(N, P)
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         bias = None if self.q_bias is None else torch.cat((self.q_bias, self.k_bias, self.v_bias))
         qkv = F.linear(x, self.qkv.weight, bias)

@@ -25,6 +25,18 @@ class WindowGrid:
         self.hw: Optional[Tuple[int, int]] = None
         self._layouts: Dict[tuple, tuple] = {}
 
+    def checked_hw(self, num_tokens: int, num_prefix: int) -> Tuple[int, int]:
+        """The recorded grid ``(h, w)``, checked against a block input of ``num_tokens`` tokens."""
+        if self.hw is None:
+            raise RuntimeError("windowed attention: no patch grid recorded (run the ViT, not the block alone)")
+        h, w = self.hw
+        if num_tokens != num_prefix + h * w:
+            raise RuntimeError(
+                f"windowed attention: {num_tokens} tokens do not match the recorded {h}x{w} grid + {num_prefix} "
+                "prefix tokens (a forward of another image size ran before this block's recomputation?)"
+            )
+        return h, w
+
     def layout(self, window_size: int, num_prefix: int, device: torch.device):
         """``(q_idx, kv_idx, back, mask, num_windows)`` for the current grid, in token indices:
 
