@@ -39,6 +39,8 @@ $PIP install -q "setuptools<81" wheel termcolor yacs tabulate cloudpickle tqdm m
   "omegaconf>=2.1,<2.4" hydra-core packaging tensorboard Pillow pycocotools fvcore iopath \
   "timm>=1.0.15" safetensors opencv-python-headless scipy shapely \
   pytest ruff transformers 2>&1 | quiet
+# the optional extras the tests cover: export (ONNX, onnxruntime) and lora (peft)
+$PIP install -q "onnx>=1.17" "onnxruntime>=1.20" "onnxscript>=0.3" "peft>=0.13" 2>&1 | quiet
 
 if has detectron2.modeling; then
   echo "[setup] detectron2 already importable: keeping it"
