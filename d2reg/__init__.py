@@ -9,10 +9,13 @@ from .modeling import (
     DINOv2Backbone,
     DINOv3Backbone,
     LinearSemSegHead,
+    MultiLayerFeaturePyramid,
+    MultiLayerReader,
     SimpleFeaturePyramid,
     ViTBackbone,
     build_d2reg_sfp_backbone,
     build_d2reg_vit_backbone,
+    evenly_spaced_blocks,
 )
 from .solver import lr_decay_rate
 from .vit import ARCHS, ViTArch, create_dinov2_vit
@@ -26,6 +29,8 @@ __all__ = [
     "DINOv2Backbone",
     "DINOv3Backbone",
     "LinearSemSegHead",
+    "MultiLayerFeaturePyramid",
+    "MultiLayerReader",
     "SimpleFeaturePyramid",
     "ViTBackbone",
     "ViTArch",
@@ -33,6 +38,7 @@ __all__ = [
     "build_d2reg_sfp_backbone",
     "build_d2reg_vit_backbone",
     "create_dinov2_vit",
+    "evenly_spaced_blocks",
     "load_checkpoint",
     "load_dinov2_checkpoint",
     "lr_decay_rate",

@@ -49,12 +49,27 @@ def add_d2reg_config(cfg: CN) -> CN:
     c.NUM_HEADS = 0
     c.LAYER_SCALE_INIT = 1e-5  # LayerScale gammas at random init (DINOv2's value); loaded weights replace it
     c.LR_DECAY = 1.0  # layer-wise lr decay (1.0: off; < 0: the recipe's value for ARCH)
+    # ---- frozen backbone and LoRA (issue 14: d2reg.modeling.vit_backbone, d2reg.modeling.lora) ----
+    c.FROZEN_DTYPE = "float32"  # FREEZE_AT -1 only: "bfloat16" casts and runs the frozen ViT in bf16
+    c.SAVE_FROZEN = True  # False: checkpoints omit the frozen ViT tensors (reloaded from WEIGHTS)
+    c.LORA = CN()
+    c.LORA.RANK = 0  # 0: no LoRA; > 0: LoRA of this rank on TARGETS of BLOCKS, the rest of the ViT frozen
+    c.LORA.ALPHA = 16.0
+    c.LORA.DROPOUT = 0.0
+    c.LORA.BLOCKS = []  # [] every kept block; negative indexes count from the end
+    c.LORA.TARGETS = ["qkv", "proj"]  # of "qkv", "proj", "fc1", "fc2"
+    # ---- end of the frozen backbone / LoRA block ----
     c.SFP = CN()
     c.SFP.OUT_CHANNELS = 256
     c.SFP.SCALE_FACTORS = [4.0, 2.0, 1.0, 0.5]
     c.SFP.TOP_BLOCK = True  # LastLevelMaxPool: p6
     c.SFP.NORM = "LN"
     c.SFP.SQUARE_PAD = 0
+    # --- multi-layer pyramid (d2reg.MultiLayerFeaturePyramid, built by build_d2reg_sfp_backbone) ---
+    c.SFP.MULTILAYER_MODE = ""  # "": one block (SimpleFeaturePyramid) | "concat" | "per_level"
+    c.SFP.IN_BLOCKS = []  # the blocks it reads (OUT_INDICES stays [-1]); []: evenly spaced, m*depth/4 - 1
+    c.SFP.BLOCK_NORM = "ln"  # "ln" (a LayerNorm per block) | "final" (the ViT's, FINAL_NORM True) | "none"
+    # --- end multi-layer pyramid ---
     if "OPTIMIZER" not in cfg.SOLVER:
         cfg.SOLVER.OPTIMIZER = "SGD"  # detectron2's behaviour; "ADAMW" for the ViTDet recipes
     if "BETAS" not in cfg.SOLVER:

@@ -1,9 +1,11 @@
-"""detectron2 modules: the family backbones, the simple feature pyramid, the linear sem-seg head,
-each YACS builder beside its class. Builds on :mod:`d2reg.vit` and :mod:`d2reg.checkpoint`."""
+"""detectron2 modules: the family backbones, the simple and multi-layer feature pyramids, the linear
+sem-seg head (which reads several blocks with the multi-layer pyramid's reader), each YACS builder
+beside its class. Builds on :mod:`d2reg.vit` and :mod:`d2reg.checkpoint`."""
 from .backbone import DINOv2Backbone
 from .dinov3_backbone import DINOv3Backbone
 from .families import BACKBONE_FAMILIES, vit_backbone_from_config
-from .pyramid import SimpleFeaturePyramid, build_d2reg_sfp_backbone
+from .multilayer import MultiLayerReader, default_in_blocks, evenly_spaced_blocks
+from .pyramid import MultiLayerFeaturePyramid, SimpleFeaturePyramid, build_d2reg_sfp_backbone
 from .semseg import LinearSemSegHead, build_d2reg_vit_backbone
 from .vit_backbone import ViTBackbone
 
@@ -12,9 +14,13 @@ __all__ = [
     "DINOv3Backbone",
     "DINOv2Backbone",
     "LinearSemSegHead",
+    "MultiLayerFeaturePyramid",
+    "MultiLayerReader",
     "SimpleFeaturePyramid",
     "ViTBackbone",
     "build_d2reg_sfp_backbone",
     "build_d2reg_vit_backbone",
+    "default_in_blocks",
+    "evenly_spaced_blocks",
     "vit_backbone_from_config",
 ]

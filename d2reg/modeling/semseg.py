@@ -17,8 +17,9 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..vit import get_arch, get_dinov3_arch, resolve_block_indices
+from ..vit import resolve_block_indices
 from .families import vit_backbone_from_config
+from .multilayer import MultiLayerReader, arch_spec
 
 __all__ = ["LinearSemSegHead", "build_d2reg_vit_backbone", "vit_feature_shapes"]
 
@@ -30,8 +31,10 @@ class LinearSemSegHead(nn.Module):
     The features named in ``in_features`` (default: every feature the backbone returns, in its
     order, e.g. ``block8, block9, block10, last_feat`` for ``out_indices=(-4, -3, -2, -1)`` of a
     12-block ViT) are resized to the first one's grid when they differ and concatenated along
-    channels. The logits (stride ``stride`` of the first feature) are upsampled bilinearly to the
-    padded image for the loss (cross entropy, ``ignore_value`` ignored) and for inference, where
+    channels by the multi-layer pyramid's reader (:class:`d2reg.MultiLayerReader`, ``norm="none"``:
+    the protocol's features come normalised by the ViT's final norm). The logits (stride ``stride``
+    of the first feature) are upsampled bilinearly to the padded image for the loss (cross entropy,
+    ``ignore_value`` ignored) and for inference, where
     ``SemanticSegmentor`` crops the padding and resizes to the requested output size.
 
     The DINOv2 protocol uses ``norm="SyncBN"`` (batch statistics over all GPUs; on one process it is
@@ -75,8 +78,8 @@ class LinearSemSegHead(nn.Module):
         self.ignore_value = ignore_value
         self.loss_weight = loss_weight
         self.num_classes = num_classes
-        channels = sum(input_shape[n].channels for n in names)
-        self.in_channels = channels
+        self.reader = MultiLayerReader(names, [input_shape[n].channels for n in names], norm="none")
+        channels = self.in_channels = self.reader.out_channels
         self.norm = get_norm(norm, channels) if norm else nn.Identity()
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.predictor = nn.Conv2d(channels, num_classes, kernel_size=1)
@@ -101,12 +104,7 @@ class LinearSemSegHead(nn.Module):
 
     def layers(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Backbone features -> logits at the features' stride, (N, num_classes, h, w)."""
-        xs = [features[n] for n in self.in_features]
-        size = xs[0].shape[-2:]
-        xs = [x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-              for x in xs]
-        x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
-        return self.predictor(self.dropout(self.norm(x)))
+        return self.predictor(self.dropout(self.norm(self.reader(features))))
 
     def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
         """Training: ``(None, {"loss_sem_seg": ...})``; inference: ``(logits at stride 1, {})``."""
@@ -147,10 +145,7 @@ def vit_feature_shapes(
     patch_size=..., embed_dim=..., depth=...)``, or ``DINOv3Backbone`` for ``family="dinov3"``, patch 16),
     without building it: the ``input_shape`` of a head in a LazyConfig, e.g.
     ``L(LinearSemSegHead)(input_shape=L(vit_feature_shapes)(arch="${..backbone.arch}", ...))``."""
-    if family == "dinov3":
-        spec = get_dinov3_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    else:
-        spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    spec = arch_spec(arch, family, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
     take = resolve_block_indices(list(out_indices), spec.depth)
     names = [f"block{i}" for i in take[:-1]] + ["last_feat"]
     return {n: ShapeSpec(channels=spec.embed_dim, stride=patch_size) for n in names}
