@@ -7,12 +7,20 @@ model's keys (they live under ``backbone.net.vit.``), logs a warning and leaves 
 random initialisation. ``D2RegCheckpointer`` detects those layouts, converts them to the model's
 ViT (patch embedding resampled 14 -> the model's patch size, position embedding to its grid) and
 raises :class:`d2reg.CheckpointError` for a weights file that matches none of the model's tensors.
+
+Frozen weights: a backbone built with ``save_frozen=False`` (or ``D2RegCheckpointer(..., save_frozen=False)``)
+is saved without the ViT tensors that do not train (every ViT entry but its trainable parameters: the whole
+ViT with ``freeze_at="all"``, the base weights with LoRA). The file records which keys it left out, the
+backbone's ``weights`` file and a per-tensor fingerprint; on load those keys keep the values the model
+took from its own ``weights`` (no missing-key warning), after checking that the model has a weights file
+and that its tensors match the fingerprints.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,11 +36,17 @@ from ..checkpoint import (
     unwrap_state_dict,
 )
 from ..checkpoint.errors import short_list
+from ..modeling.lora import to_lora_keys, without_lora
 from ..solver import find_vit_backbone
 
-__all__ = ["D2RegCheckpointer", "RNGState"]
+__all__ = ["OMITTED_KEY", "D2RegCheckpointer", "RNGState"]
 
 logger = logging.getLogger(__name__)
+
+# top-level entry of a checkpoint saved without frozen ViT tensors: {backbone name: {"weights": path,
+# "keys": [full state-dict keys left out], "fingerprints": [sum |t| of each, float64]}}
+OMITTED_KEY = "d2reg_omitted_frozen"
+FINGERPRINT_RTOL = 1e-3  # loose enough for the same file loaded in fp32 or bf16, tight for another file
 
 
 class D2RegCheckpointer(DetectionCheckpointer):
@@ -45,11 +59,63 @@ class D2RegCheckpointer(DetectionCheckpointer):
     behaves as in detectron2.
     """
 
-    def __init__(self, model, save_dir: str = "", *, patch_resize: Optional[str] = None, save_to_disk=None,
-                 **checkpointables):
+    def __init__(self, model, save_dir: str = "", *, patch_resize: Optional[str] = None,
+                 save_frozen: Optional[bool] = None, save_to_disk=None, **checkpointables):
+        """``save_frozen``: None (default) follows each backbone's ``save_frozen``; True / False for all."""
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.patch_resize = patch_resize
+        self.save_frozen = save_frozen
         self._loading: Optional[str] = None
+
+    # -------------------------------------------------------------------------------- saving
+    def _vit_backbones(self) -> List[Tuple[str, torch.nn.Module]]:
+        return [(n, m) for n, m in self.model.named_modules() if getattr(m, "checkpoint_family", None)
+                and hasattr(m, "vit")]
+
+    def _omitted(self) -> Dict[str, Tuple[torch.nn.Module, List[str]]]:
+        """{backbone name: (backbone, ViT-local keys to leave out)} for the backbones that omit frozen tensors."""
+        out = {}
+        for name, b in self._vit_backbones():
+            if (b.save_frozen if self.save_frozen is None else self.save_frozen):
+                continue
+            trainable = {n for n, p in b.vit.named_parameters() if p.requires_grad}
+            keys = [k for k in b.vit.state_dict() if k not in trainable]
+            if not keys:
+                continue
+            if not getattr(b, "weights", None):
+                raise CheckpointError(
+                    f"save_frozen=False, but the backbone {name or '(the model)'!r} has no weights file to reload "
+                    "its frozen tensors from: build it with weights=<file> (MODEL.D2REG.WEIGHTS) or save with "
+                    "save_frozen=True."
+                )
+            out[name] = (b, keys)
+        return out
+
+    def save(self, name: str, **kwargs) -> None:
+        """detectron2's ``save``; backbones that do not save their frozen tensors leave them out (see the
+        module doc) and the file records what it omitted under :data:`OMITTED_KEY`."""
+        omitted = self._omitted()
+        if not omitted:
+            return super().save(name, **kwargs)
+        record = {}
+        with contextlib.ExitStack() as stack:
+            for bname, (b, keys) in omitted.items():
+                prefix = f"{bname}.vit." if bname else "vit."
+                state = b.vit.state_dict()
+                record[bname] = {"weights": b.weights, "keys": [prefix + k for k in keys],
+                                 "fingerprints": torch.tensor([_fingerprint(state[k]) for k in keys],
+                                                              dtype=torch.float64)}
+                drop = set(keys)
+
+                def hook(module, state_dict, hook_prefix, local_metadata, drop=drop):
+                    for k in [k for k in state_dict if k.startswith(hook_prefix) and k[len(hook_prefix):] in drop]:
+                        del state_dict[k]
+
+                stack.callback(b.vit.register_state_dict_post_hook(hook).remove)
+            self.logger.info("d2reg: leaving %d frozen ViT tensors out of the checkpoint (reloaded from %s).",
+                             sum(len(r["keys"]) for r in record.values()),
+                             ", ".join(sorted({str(r["weights"]) for r in record.values()})))
+            super().save(name, **kwargs, **{OMITTED_KEY: record})
 
     # -------------------------------------------------------------------------------- reading
     def _load_file(self, filename: str):
@@ -61,8 +127,8 @@ class D2RegCheckpointer(DetectionCheckpointer):
         else:
             loaded = super()._load_file(filename)
         weights = loaded.get("model")
-        if not isinstance(weights, dict):
-            return loaded
+        if not isinstance(weights, dict) or OMITTED_KEY in loaded:
+            return loaded  # (a model saved without its frozen ViT tensors is loaded as is)
         try:
             raw = unwrap_state_dict(weights)
             family, fmt, _ = detect(raw)
@@ -86,7 +152,8 @@ class D2RegCheckpointer(DetectionCheckpointer):
         fit_kwargs = dict(backbone.fit_kwargs)
         if self.patch_resize is not None:
             fit_kwargs["patch_resize"] = self.patch_resize
-        converted = fit_state_dict(sd, info, backbone.vit, **fit_kwargs)
+        with without_lora(backbone.vit):  # a pre-trained file fits the plain layers; to_lora_keys renames after
+            converted = fit_state_dict(sd, info, backbone.vit, **fit_kwargs)
         prefix = f"{name}.vit." if name else "vit."
         self.logger.info(
             "d2reg: %s is %s; loading %d tensors into %s* (patch %d -> %d); the rest of the model keeps its "
@@ -95,8 +162,13 @@ class D2RegCheckpointer(DetectionCheckpointer):
         return {"model": {prefix + k: v for k, v in converted.items()}, "__author__": f"d2reg ({fmt} layout)"}
 
     def _load_model(self, checkpoint):
-        weights = checkpoint.get("model", {})
+        omitted = checkpoint.pop(OMITTED_KEY, None)
+        if omitted:
+            self._check_omitted(omitted)
         own = self.model.state_dict()
+        if isinstance(checkpoint.get("model"), dict):  # plain keys into LoRA-wrapped layers (base_layer)
+            checkpoint["model"] = to_lora_keys(checkpoint["model"], own)
+        weights = checkpoint.get("model", {})
         if not checkpoint.get("matching_heuristics", False):
             stripped = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
             names = sorted(stripped)
@@ -108,7 +180,44 @@ class D2RegCheckpointer(DetectionCheckpointer):
                     "neither a checkpoint of this model nor a DINOv2 checkpoint d2reg can read; detectron2 "
                     "would have trained from random initialisation."
                 )
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        if omitted and incompatible is not None:
+            left_out = {k for r in omitted.values() for k in r["keys"]}
+            incompatible = incompatible._replace(
+                missing_keys=[k for k in incompatible.missing_keys if k not in left_out])
+        return incompatible
+
+    def _check_omitted(self, omitted: dict) -> None:
+        """The model must hold the frozen tensors the checkpoint left out: same backbones, each built
+        from a weights file, tensors matching the saved fingerprints."""
+        backbones = dict(self._vit_backbones())
+        own = self.model.state_dict()
+        for bname, rec in omitted.items():
+            b = backbones.get(bname)
+            where = f"{self._loading!r} was saved without the frozen ViT tensors of {bname or 'the model'!r} " \
+                    f"({len(rec['keys'])} tensors, taken from {rec['weights']!r})"
+            if b is None:
+                raise CheckpointError(f"{where}, but this model has no d2reg ViT backbone named {bname!r}.")
+            if not getattr(b, "weights", None):
+                raise CheckpointError(
+                    f"{where}, but the model's backbone was built without a weights file to take them from: build "
+                    f"it with weights={rec['weights']!r} (MODEL.D2REG.WEIGHTS), as the model that was saved."
+                )
+            missing = [k for k in rec["keys"] if k not in own]
+            wrong = [k for k, f in zip(rec["keys"], rec["fingerprints"].tolist())
+                     if k in own and abs(_fingerprint(own[k]) - f) > FINGERPRINT_RTOL * max(abs(f), 1e-12)]
+            if missing or wrong:
+                found = ([f"it lacks {short_list(missing)}"] if missing else []) + \
+                        ([f"its values differ in {short_list(wrong)}"] if wrong else [])
+                raise CheckpointError(
+                    f"{where}, but the model's backbone (weights {b.weights!r}) does not hold them: "
+                    f"{'; '.join(found)}. Build the backbone with the weights file and architecture the "
+                    "checkpoint was trained with."
+                )
+
+
+def _fingerprint(t: torch.Tensor) -> float:
+    return float(t.detach().float().abs().sum())
 
 
 def _shape(v) -> tuple:

@@ -49,6 +49,9 @@ class DINOv2Backbone(ViTBackbone):
         depth: Optional[int] = None,
         num_heads: Optional[int] = None,
         layer_scale_init: float = 1e-5,
+        frozen_dtype: str = "float32",
+        save_frozen: bool = True,
+        lora: Optional[dict] = None,
     ):
         """
         Args:
@@ -72,6 +75,16 @@ class DINOv2Backbone(ViTBackbone):
             layer_scale_init: initial LayerScale gamma, used only without ``weights``: DINOv2's 1e-5
                 keeps a fresh model's blocks near identity, so short from-scratch runs (the demo)
                 want ~0.1–1.
+            frozen_dtype: with ``freeze_at="all"``: "float32" (default) or "bfloat16" (the frozen ViT's
+                weights cast to bf16 and run under ``torch.no_grad``; outputs cast back to the input dtype).
+                Any other value, or "bfloat16" without ``freeze_at="all"``, is an error.
+            save_frozen: False: :class:`d2reg.engine.D2RegCheckpointer` leaves the ViT tensors that do not
+                train (frozen parameters, buffers) out of checkpoints and takes them from ``weights`` on
+                load (needs ``weights``). A trained head for a frozen ViT-7B is then megabytes, not 27 GB.
+            lora: LoRA through ``peft`` on chosen linear layers, the rest of the ViT frozen (needs
+                ``freeze_at=0``): dict with ``rank`` (8), ``alpha`` (16), ``dropout`` (0), ``blocks``
+                (None: all kept blocks), ``targets`` (("qkv", "proj"); also "fc1", "fc2"). None or rank 0:
+                off. :meth:`merge_lora` folds it into the weights (plain layers, plain checkpoint keys).
         """
         super().__init__()
         spec = get_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
@@ -85,6 +98,7 @@ class DINOv2Backbone(ViTBackbone):
             embed_dim=spec.embed_dim, depth=spec.depth, patch_size=patch_size, out_indices=out_indices,
             final_norm=final_norm, use_act_checkpoint=use_act_checkpoint, freeze_at=freeze_at, weights=weights,
             fit_kwargs=dict(patch_resize=patch_resize),
+            frozen_dtype=frozen_dtype, save_frozen=save_frozen, lora=lora,
             after_prune=(lambda: enable_window_attention(self.vit, window_size, window_block_indexes))
             if window_size else None,
         )

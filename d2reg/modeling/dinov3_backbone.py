@@ -59,6 +59,9 @@ class DINOv3Backbone(ViTBackbone):
         num_heads: Optional[int] = None,
         layer_scale_init: float = 1e-5,
         rope_augment: Optional[dict] = None,
+        frozen_dtype: str = "float32",
+        save_frozen: bool = True,
+        lora: Optional[dict] = None,
     ):
         """
         Args:
@@ -71,6 +74,7 @@ class DINOv3Backbone(ViTBackbone):
             layer_scale_init: initial LayerScale gamma without ``weights``.
             rope_augment: optional pre-training RoPE augmentations, ``{"shift": .., "jitter": ..,
                 "rescale": ..}``; None (default): the inference RoPE, also while training.
+            frozen_dtype, save_frozen, lora: as :class:`d2reg.DINOv2Backbone`.
         """
         super().__init__()
         spec = get_dinov3_arch(arch, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
@@ -89,6 +93,7 @@ class DINOv3Backbone(ViTBackbone):
         self._finish(
             embed_dim=spec.embed_dim, depth=spec.depth, patch_size=DINOV3_PATCH_SIZE, out_indices=out_indices,
             final_norm=final_norm, use_act_checkpoint=use_act_checkpoint, freeze_at=freeze_at, weights=weights,
+            frozen_dtype=frozen_dtype, save_frozen=save_frozen, lora=lora,
             after_prune=(lambda: enable_dinov3_window_attention(self.vit, window_size, window_block_indexes))
             if window_size else None,
         )
