@@ -72,6 +72,11 @@ def test_configs_are_found():
     for rel in ("COCO/mask_rcnn_dinov3_vit_hplus_100ep.py", "COCO/cascade_mask_rcnn_dinov3_vit_hplus_100ep.py",
                 "ADE20k/sem_fpn_dinov3_vit_hplus_80k.py", "ADE20k/linear_dinov3_vit_7b_40k.py"):
         assert rel in PY_CONFIGS
+    # frozen multi-layer recipes: ViT-L of both families (+ ViT-g) and one YACS file per task and family
+    for stem in ("COCO/mask_rcnn_vit_l_frozen_100ep", "COCO/mask_rcnn_dinov3_vit_l_frozen_100ep",
+                 "ADE20k/sem_fpn_vit_l_frozen_80k", "ADE20k/sem_fpn_dinov3_vit_l_frozen_80k"):
+        assert f"{stem}.py" in PY_CONFIGS and f"{stem}.yaml" in YAML_CONFIGS
+    assert "COCO/mask_rcnn_vit_g_frozen_100ep.py" in PY_CONFIGS
 
 
 # ---------------------------------------------------------------- helpers
