@@ -264,7 +264,7 @@ def test_backbone_block_out_of_range_and_reader_errors():
 # ---------------------------------------------------------------- training
 @pytest.mark.parametrize("mode", ["concat", "per_level"])
 def test_training_step_gives_gradients_to_norms_and_pyramid(mode):
-    frozen = _pyramid(_net(freeze_at="all"), mode).train()
+    frozen = _pyramid(_net(freeze_at="all", frozen_dtype="bfloat16"), mode).train()  # bf16 ViT, fp32 outputs
     trained = _pyramid(_net(), mode).train()
     x = torch.randn(2, 3, 64, 64)
     for model in (frozen, trained):
@@ -335,5 +335,6 @@ def test_frozen_recipe_blocks_follow_the_backbone():
     assert base.backbone.net._take == [2, 5, 8, 11]
     _, g = _meta_lazy("COCO/mask_rcnn_vit_g_frozen_100ep")
     assert g.backbone.net._take == [9, 19, 29, 39] and not g.backbone.net.vit.grad_checkpointing
+    assert {p.dtype for p in g.backbone.net.parameters()} == {torch.bfloat16}
     assert sum(p.numel() for p in g.backbone.net.parameters()) == pytest.approx(1.14e9, rel=0.02)
     assert not any(p.requires_grad for p in g.backbone.net.parameters())
