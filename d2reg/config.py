@@ -69,6 +69,7 @@ def add_d2reg_config(cfg: CN) -> CN:
     c.SFP.MULTILAYER_MODE = ""  # "": one block (SimpleFeaturePyramid) | "concat" | "per_level"
     c.SFP.IN_BLOCKS = []  # the blocks it reads (OUT_INDICES stays [-1]); []: evenly spaced, m*depth/4 - 1
     c.SFP.BLOCK_NORM = "ln"  # "ln" (a LayerNorm per block) | "final" (the ViT's, FINAL_NORM True) | "none"
+    c.SFP.PROJECT = False  # concat: 1x1 conv from k*C down to C before the branches (wide ViTs)
     # --- end multi-layer pyramid ---
     if "OPTIMIZER" not in cfg.SOLVER:
         cfg.SOLVER.OPTIMIZER = "SGD"  # detectron2's behaviour; "ADAMW" for the ViTDet recipes

@@ -76,7 +76,7 @@ def test_configs_are_found():
     for stem in ("COCO/mask_rcnn_vit_l_frozen_100ep", "COCO/mask_rcnn_dinov3_vit_l_frozen_100ep",
                  "ADE20k/sem_fpn_vit_l_frozen_80k", "ADE20k/sem_fpn_dinov3_vit_l_frozen_80k"):
         assert f"{stem}.py" in PY_CONFIGS and f"{stem}.yaml" in YAML_CONFIGS
-    assert "COCO/mask_rcnn_vit_g_frozen_100ep.py" in PY_CONFIGS
+    assert {"COCO/mask_rcnn_vit_g_frozen_100ep.py", "COCO/mask_rcnn_dinov3_vit_7b_frozen_100ep.py"} <= set(PY_CONFIGS)
 
 
 # ---------------------------------------------------------------- helpers

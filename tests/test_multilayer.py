@@ -89,9 +89,12 @@ def test_levels_strides_channels_and_odd_sizes(family, mode):
 
 def test_stage_widths_follow_the_mode():
     concat, per_level = _pyramid(_net(), "concat"), _pyramid(_net(), "per_level")
-    assert concat.reader.out_channels == 4 * 32
+    projected = _pyramid(_net(), "concat", project=True)
+    assert concat.reader.out_channels == 4 * 32 and concat.proj is None and per_level.proj is None
     assert concat.simfp_4[0].in_channels == 4 * 32 and per_level.simfp_4[0].in_channels == 32
     assert concat.simfp_2[0].in_channels == 4 * 32 and per_level.simfp_2[0].in_channels == 32
+    assert (projected.proj.in_channels, projected.proj.out_channels) == (4 * 32, 32)
+    assert projected.simfp_2[0].in_channels == projected.simfp_4[0].in_channels == 32
     names = {n for n, _ in concat.named_parameters()}
     assert {f"reader.norms.{i}.weight" for i in range(4)} <= names
     assert any(n.startswith("net.vit.blocks.3.") for n in names)  # the ViT keeps its path (lr decay, checkpoints)
@@ -155,14 +158,15 @@ def test_ln_reader_is_a_layernorm_per_block_over_channels():
 
 
 # ---------------------------------------------------------------- which block feeds which level
-@pytest.mark.parametrize("mode", ["concat", "per_level"])
-def test_levels_are_fed_by_the_mode(mode):
-    model = _pyramid(_net(), mode).eval()
+@pytest.mark.parametrize("mode, project", [("concat", False), ("concat", True), ("per_level", False)])
+def test_levels_are_fed_by_the_mode(mode, project):
+    model = _pyramid(_net(), mode, project=project).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         out = model(x)
         blocks = model.reader.normalized(model.net(x))
-        inputs = [torch.cat(blocks, dim=1)] * 4 if mode == "concat" else blocks  # per_level: shallow -> p2
+        cat = torch.cat(blocks, dim=1)
+        inputs = [model.proj(cat) if project else cat] * 4 if mode == "concat" else blocks  # per_level: shallow -> p2
         for level, stage, feat in zip(("p2", "p3", "p4", "p5"), model.stages, inputs):
             torch.testing.assert_close(out[level], stage(feat), rtol=0, atol=0)
         torch.testing.assert_close(out["p6"], F.max_pool2d(out["p5"], kernel_size=1, stride=2), rtol=0, atol=0)
@@ -201,6 +205,8 @@ def test_yacs_builder_dispatches_on_the_mode(family):
     assert model.reader.norm == "ln" and list(model.output_shape()) == list(LEVELS)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64))["p6"].shape == (1, 16, 1, 1)
+    assert model.proj is None
+    assert build_backbone(_yacs(FAMILY=family, MULTILAYER_MODE="concat", PROJECT=True)).proj.out_channels == 32
     per_level = build_backbone(_yacs(FAMILY=family, MULTILAYER_MODE="per_level", IN_BLOCKS=[0, 1, -2, -1],
                                      BLOCK_NORM="final", FINAL_NORM=True, TOP_BLOCK=False))
     assert per_level.mode == "per_level" and per_level.net._take == [0, 1, 2, 3] and per_level.net.final_norm
@@ -246,6 +252,7 @@ def test_lazycall_builds_with_the_default_rule():
     (dict(mode="per_level"), dict(out_indices=(1, 3)), r"one block to each of the 4 scale factors.*reads 2"),
     (dict(block_norm="final"), {}, r"built without it: final_norm=True"),
     (dict(block_norm="ln"), dict(final_norm=True), r"already applies its final norm"),
+    (dict(mode="per_level", project=True), {}, r"project=True .* narrows the 'concat' map"),
 ])
 def test_clear_errors(kwargs, net_kw, message):
     with pytest.raises(ValueError, match=message):
@@ -262,10 +269,10 @@ def test_backbone_block_out_of_range_and_reader_errors():
 
 
 # ---------------------------------------------------------------- training
-@pytest.mark.parametrize("mode", ["concat", "per_level"])
-def test_training_step_gives_gradients_to_norms_and_pyramid(mode):
-    frozen = _pyramid(_net(freeze_at="all", frozen_dtype="bfloat16"), mode).train()  # bf16 ViT, fp32 outputs
-    trained = _pyramid(_net(), mode).train()
+@pytest.mark.parametrize("mode, project", [("concat", True), ("per_level", False)])
+def test_training_step_gives_gradients_to_norms_and_pyramid(mode, project):
+    frozen = _pyramid(_net(freeze_at="all", frozen_dtype="bfloat16"), mode, project=project).train()  # fp32 out
+    trained = _pyramid(_net(), mode, project=project).train()
     x = torch.randn(2, 3, 64, 64)
     for model in (frozen, trained):
         sum(v.square().mean() for v in model(x).values()).backward()
@@ -338,3 +345,10 @@ def test_frozen_recipe_blocks_follow_the_backbone():
     assert {p.dtype for p in g.backbone.net.parameters()} == {torch.bfloat16}
     assert sum(p.numel() for p in g.backbone.net.parameters()) == pytest.approx(1.14e9, rel=0.02)
     assert not any(p.requires_grad for p in g.backbone.net.parameters())
+    _, b7 = _meta_lazy("COCO/mask_rcnn_dinov3_vit_7b_frozen_100ep")
+    net = b7.backbone.net
+    assert type(net) is DINOv3Backbone and net._take == [9, 19, 29, 39] and net.frozen_dtype == torch.bfloat16
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(6.7e9, rel=0.02)
+    assert (b7.backbone.proj.in_channels, b7.backbone.proj.out_channels) == (4 * 4096, 4096)
+    trainable = sum(p.numel() for p in b7.parameters() if p.requires_grad)
+    assert not any(p.requires_grad for p in net.parameters()) and trainable < 0.2e9  # the projection keeps it small

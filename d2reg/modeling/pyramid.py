@@ -7,7 +7,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone import vit as d2_vit
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
@@ -107,12 +107,16 @@ class MultiLayerFeaturePyramid(SimpleFeaturePyramid):
     ``final_norm=False``); ``"final"`` the backbone's own final norm, which timm applies to every
     block it returns (``net`` built with ``final_norm=True``); ``"none"`` raw blocks.
     The reader's concatenated map, before the pyramid: ``pyramid.reader(pyramid.net(x))``.
+
+    ``project=True`` ("concat" only): a 1x1 convolution + ``norm`` from the k*C concatenation down to
+    the block width C before the branches, which then have the single-block pyramid's size (the
+    branches on k*C channels grow as (k*C)^2: ~1.2B parameters for the 7B's 4 x 4096).
     """
 
     @configurable
     def __init__(self, net, out_channels: int = 256, scale_factors: Sequence[float] = (4.0, 2.0, 1.0, 0.5), *,
                  mode: str = "concat", in_features: Optional[Sequence[str]] = None, block_norm: str = "ln",
-                 top_block=None, norm: str = "LN", square_pad: int = 0):
+                 top_block=None, norm: str = "LN", square_pad: int = 0, project: bool = False):
         """
         Args:
             net: a backbone returning several features of one stride (a d2reg family backbone).
@@ -120,17 +124,23 @@ class MultiLayerFeaturePyramid(SimpleFeaturePyramid):
             mode: "concat" or "per_level".
             in_features: the backbone features to read; None: all of ``net.output_shape()``.
             block_norm: "ln", "final" or "none".
+            project: project the concatenation to the block width first.
         """
         shapes = net.output_shape()
         names = list(in_features) if in_features else list(shapes)
         _check_multilayer(net, names, shapes, mode, block_norm, scale_factors)
+        if project and mode != "concat":
+            raise ValueError(f"project=True (MODEL.D2REG.SFP.PROJECT) narrows the 'concat' map; mode {mode!r} has "
+                             "one block per branch: leave project False.")
         reader = MultiLayerReader(names, [shapes[n].channels for n in names],
                                   norm="ln" if block_norm == "ln" else "none")
-        channels = reader.out_channels if mode == "concat" else reader.channels[0]
+        channels = reader.out_channels if mode == "concat" and not project else reader.channels[0]
         view = _Shapes({"multilayer": ShapeSpec(channels=channels, stride=shapes[names[0]].stride)})
         super().__init__(view, "multilayer", out_channels, scale_factors, top_block, norm, square_pad)
         self.net = net  # replaces the shape view
         self.reader = reader
+        self.proj = Conv2d(reader.out_channels, channels, kernel_size=1, bias=not norm,
+                           norm=get_norm(norm, channels)) if project else None
         self.mode, self.block_norm, self.in_features = mode, block_norm, names
 
     @classmethod
@@ -138,12 +148,16 @@ class MultiLayerFeaturePyramid(SimpleFeaturePyramid):
         args = super().from_config(multilayer_backbone_cfg(cfg))
         del args["in_feature"]  # all the blocks the backbone returns
         c = cfg.MODEL.D2REG.SFP
-        return dict(args, mode=c.MULTILAYER_MODE, block_norm=c.BLOCK_NORM)
+        return dict(args, mode=c.MULTILAYER_MODE, block_norm=c.BLOCK_NORM, project=c.PROJECT)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """(N, 3, H, W) -> {"p2": (N, out_channels, H/4, W/4), ..., "p6": (N, out_channels, H/64, W/64)}."""
         blocks = self.reader.normalized(self.net(x))
-        inputs = [self.reader.concat(blocks)] * len(self.stages) if self.mode == "concat" else blocks
+        if self.mode == "concat":
+            x = self.reader.concat(blocks)
+            inputs = [x if self.proj is None else self.proj(x)] * len(self.stages)
+        else:
+            inputs = blocks
         results = [stage(f) for stage, f in zip(self.stages, inputs)]
         if self.top_block is not None:
             results.extend(self.top_block(results[self._out_features.index(self.top_block.in_feature)]))
