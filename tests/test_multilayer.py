@@ -352,3 +352,12 @@ def test_frozen_recipe_blocks_follow_the_backbone():
     assert (b7.backbone.proj.in_channels, b7.backbone.proj.out_channels) == (4 * 4096, 4096)
     trainable = sum(p.numel() for p in b7.parameters() if p.requires_grad)
     assert not any(p.requires_grad for p in net.parameters()) and trainable < 0.2e9  # the projection keeps it small
+    ycfg = get_cfg()  # its YACS form, as the .yaml's comment gives it
+    add_d2reg_config(ycfg)
+    ycfg.merge_from_file(str(CONFIGS / "COCO/mask_rcnn_dinov3_vit_l_frozen_100ep.yaml"))
+    ycfg.merge_from_list(["MODEL.D2REG.ARCH", "vit_7b", "MODEL.D2REG.FROZEN_DTYPE", "bfloat16",
+                          "MODEL.D2REG.SFP.PROJECT", True, "MODEL.D2REG.WEIGHTS", "", "MODEL.DEVICE", "meta"])
+    with torch.device("meta"):
+        ymodel = build_model(ycfg)
+    assert ymodel.backbone.net._take == net._take and ymodel.backbone.net.frozen_dtype == torch.bfloat16
+    assert sum(p.numel() for p in ymodel.parameters() if p.requires_grad) == trainable
