@@ -3,18 +3,21 @@
 for good, the bf16 path, checkpoints without the frozen weights (``save_frozen=False``) and their errors."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from _tools import load_tool
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from dinov3_reference import random_official_dinov3_state_dict
 
 from d2reg import CheckpointError, DINOv2Backbone, DINOv3Backbone, SimpleFeaturePyramid
+from d2reg.benchmark.measure import tensor_peak_bytes
 from d2reg.engine import D2RegCheckpointer
 from d2reg.engine.checkpointer import OMITTED_KEY
 from d2reg.solver import build_optimizer
@@ -195,3 +198,26 @@ def test_frozen_option_errors(cls, kw):
         cls(**kw, freeze_at="all", frozen_dtype="fp16")
     with pytest.raises(ValueError, match=r"save_frozen=False .* weights is not set: pass weights=<file>"):
         cls(**kw, freeze_at="all", save_frozen=False)
+
+
+def test_tensor_peak_counts_a_transient_tensor():
+    def fn():
+        x = torch.ones(2 ** 20)  # 4 MiB, freed before the end
+        (x * 2).sum()
+    assert 8 * 2 ** 20 <= tensor_peak_bytes(fn) < 9 * 2 ** 20  # x and x * 2 live together
+
+
+def test_memory_benchmark_ranks_the_recipes(tmp_path):
+    tool = load_tool("benchmark")
+    out = tmp_path / "mem.json"
+    recipes = ["d2reg+sfp", "d2reg+sfp-frozen-bf16", "d2reg+sfp-lora"]
+    arch = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_ARCH.items()]
+    assert tool.main([*arch, "--pretrain-img-size", str(TINY_IMG), "--sizes", "64", "--memory-only",
+                      "--step-cases", *recipes, "--json", str(out)]) == 0
+    rows = {r["case"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == set(recipes)
+    full, frozen, lora = (rows[n] for n in recipes)
+    assert 0 < frozen["trainable"] < lora["trainable"] < full["trainable"] == full["params"]  # frozen: pyramid only
+    assert frozen["step_saved_mib"] < lora["step_saved_mib"] <= full["step_saved_mib"]
+    assert frozen["step_tensor_peak_mib"] < full["step_tensor_peak_mib"]
+    assert frozen["weights_mib"] < full["weights_mib"]  # the ViT in bf16

@@ -9,6 +9,9 @@ Examples:
   python tools/benchmark.py --sizes 768 1024 1536 --cases d2reg d2reg-win --step-cases d2reg d2reg-win
   python tools/benchmark.py --device cuda --dtype bf16 --batch-sizes 1 4
   python tools/benchmark.py --cases dinov3 dinov3-timm dinov3-win --step-cases   # DINOv3 only, forward
+  # training-step memory of full fine-tuning / act. checkpointing / frozen / frozen-bf16 / LoRA (+ pyramid):
+  python tools/benchmark.py --arch vit_base --memory-only --step-cases d2reg+sfp d2reg+sfp-ckpt \
+      d2reg+sfp-frozen d2reg+sfp-frozen-bf16 d2reg+sfp-lora
 """
 import argparse
 import sys
@@ -16,6 +19,7 @@ import sys
 import torch
 
 from d2reg.benchmark import ALL_CASES, STEP_CASES, format_report, run_benchmark, save_report
+from d2reg.benchmark.run import memory_table
 
 
 def main(argv=None) -> int:
@@ -38,6 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     p.add_argument("--no-flops", action="store_true", help="skip fvcore FLOP counting")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the memory pass of the --step-cases (no timing, no FLOPs, no forward cases)")
     p.add_argument("--embed-dim", type=int, default=0, help="override the arch (tiny test models)")
     p.add_argument("--depth", type=int, default=0)
     p.add_argument("--num-heads", type=int, default=0)
@@ -50,17 +56,23 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_only:
+        args.cases, args.no_flops, args.no_memory = [], True, False
     report = run_benchmark(
         arch=args.arch, sizes=args.sizes, batch_sizes=args.batch_sizes, cases=args.cases,
         step_cases=args.step_cases, device=args.device, dtype=args.dtype, warmup=args.warmup,
         repeats=args.repeats, memory=not args.no_memory, flops=not args.no_flops,
         num_register_tokens=args.registers, pretrain_img_size=args.pretrain_img_size,
         arch_overrides=dict(embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads),
+        timing=not args.memory_only,
     )
     report["command"] = "python tools/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     save_report(report, args.json)
     print()
     print(format_report(report))
+    table = memory_table(report)
+    if table:
+        print("\nTraining-step memory:\n" + table)
     print(f"\nJSON: {args.json}")
     return 0
 

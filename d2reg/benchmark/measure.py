@@ -203,3 +203,51 @@ def _cuda_peak(fn: Callable, device: torch.device) -> int:
     fn()
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
+
+
+def tensor_peak_bytes(fn: Callable) -> int:
+    """Peak of the CPU tensor memory allocated above its level at the start of ``fn()``: torch.profiler's
+    allocation records (``profile_memory``), each op's net allocation placed at the op's start, freed
+    blocks outside ops at their time; so transients inside one op are not seen. CPU tensors only (on
+    CUDA use ``max_memory_allocated``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    deltas = sorted((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+                    for e in prof.events())
+    live = peak = 0
+    for _, d in deltas:
+        live += d
+        peak = max(peak, live)
+    return peak
+
+
+def saved_tensor_bytes(fn: Callable, exclude: Optional[nn.Module] = None) -> int:
+    """Bytes of the activations autograd saves for backward during ``fn()`` (``saved_tensors_hooks``;
+    each storage counted once; the parameters and buffers of ``exclude`` not counted). Blind to what
+    activation checkpointing keeps: its own inner hooks replace saved tensors by recomputation handles."""
+    skip = set()
+    if exclude is not None:
+        skip = {t.untyped_storage().data_ptr() for t in list(exclude.parameters()) + list(exclude.buffers())}
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def parameter_counts(model: nn.Module) -> Dict[str, float]:
+    """``params`` / ``trainable`` (counts), ``weights_mib`` (parameters and buffers as stored) and
+    ``adamw_mib`` (AdamW's two fp32 moments per trainable parameter, which a step's peak does not hold)."""
+    params = list(model.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    weights = sum(t.numel() * t.element_size() for t in list(params) + list(model.buffers()))
+    return {"params": sum(p.numel() for p in params), "trainable": trainable, "weights_mib": weights / 2 ** 20,
+            "adamw_mib": 2 * 4 * trainable / 2 ** 20}

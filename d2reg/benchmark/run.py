@@ -24,12 +24,26 @@ from .measure import (
     count_macs,
     kernel_flops,
     matmul_flops,
+    parameter_counts,
+    saved_tensor_bytes,
+    tensor_peak_bytes,
     time_interleaved,
 )
 from .report import evaluate_targets
 
-DINOV2_CASES = ("d2reg", "d2reg+sfp", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win")
-DINOV3_CASES = ("dinov3", "dinov3+sfp", "dinov3-timm", "dinov3-ckpt", "dinov3-win")
+# Training recipes of the memory table: backbone kwargs on top of "<family>+sfp" (full fine-tuning); a
+# new recipe is one entry here (its cases "d2reg+sfp-<name>" / "dinov3+sfp-<name>" follow).
+MEMORY_RECIPES: Dict[str, dict] = {
+    "ckpt": dict(use_act_checkpoint=True),
+    "frozen": dict(freeze_at="all"),
+    "frozen-bf16": dict(freeze_at="all", frozen_dtype="bfloat16"),
+    "lora": dict(lora=dict(rank=8, targets=("qkv", "proj"))),  # every block's attention, rank 8
+}
+MEMORY_CASES = tuple(f"{base}-{r}" for base in ("d2reg+sfp", "dinov3+sfp") for r in MEMORY_RECIPES)
+DINOV2_CASES = ("d2reg", "d2reg+sfp", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win") + tuple(
+    n for n in MEMORY_CASES if n.startswith("d2reg"))
+DINOV3_CASES = ("dinov3", "dinov3+sfp", "dinov3-timm", "dinov3-ckpt", "dinov3-win") + tuple(
+    n for n in MEMORY_CASES if n.startswith("dinov3"))
 ALL_CASES = DINOV2_CASES + DINOV3_CASES
 STEP_CASES = ("d2reg", "d2reg-ckpt", "d2reg-win", "dinov3", "dinov3-ckpt", "dinov3-win")  # training step timed
 WINDOW_SIZE = 14
@@ -141,6 +155,11 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
         "dinov3-win": lambda: Case("dinov3-win", s16, 16, backbone3(
             window_size=WINDOW_SIZE, window_block_indexes=default_window_block_indexes(spec3.depth))),
     }
+    for r, kw in MEMORY_RECIPES.items():  # step-only cases of the memory table (backbone + pyramid)
+        table[f"d2reg+sfp-{r}"] = lambda r=r, kw=kw: Case(f"d2reg+sfp-{r}", s16, 16, lambda: pyramid(backbone(**kw)),
+                                                          forward=False)
+        table[f"dinov3+sfp-{r}"] = lambda r=r, kw=kw: Case(f"dinov3+sfp-{r}", s16, 16,
+                                                           lambda: pyramid(backbone3(**kw)), forward=False)
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ValueError(f"unknown benchmark cases {unknown}; choose from {list(table)}")
@@ -184,6 +203,37 @@ def _step_fn(case: Case, x: torch.Tensor, dtype: str) -> Callable[[], None]:
     return run
 
 
+def _step_tensor_memory(model: nn.Module, fn: Callable[[], None], device: torch.device, cuda_peak) -> dict:
+    """Tensor-level memory of one training step (from no gradients): the peak of allocated tensors above
+    the weights (CPU: torch.profiler; CUDA: ``max_memory_allocated``), the activations saved for backward
+    (saved-tensor hooks), and the parameter counts with their gradient + AdamW state."""
+    def clear():
+        for p in model.parameters():
+            p.grad = None
+
+    clear()
+    peak = tensor_peak_bytes(fn) if device.type == "cpu" else cuda_peak
+    clear()
+    saved = saved_tensor_bytes(fn, exclude=model)
+    return {"step_tensor_peak_mib": peak / 2 ** 20, "step_saved_mib": saved / 2 ** 20, **parameter_counts(model)}
+
+
+def memory_table(report: dict) -> str:
+    """Markdown table of the training-step memory of the step cases (one row per case, size, batch)."""
+    lines = ["| case | input | batch | trainable / all params (M) | weights MiB | saved activations MiB (hooks) | "
+             "step tensor peak MiB (activations + grads) | + AdamW moments MiB | step RSS peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        if r.get("step_tensor_peak_mib") is None:
+            continue
+        rss = f"{r['step_peak_mib']:.0f}" if r.get("step_peak_mib") is not None else "–"
+        lines.append(
+            f"| {r['case']} | {r['input']}² | {r['batch']} | {r['trainable'] / 1e6:.2f} / {r['params'] / 1e6:.1f} | "
+            f"{r['weights_mib']:.0f} | {r['step_saved_mib']:.0f} | {r['step_tensor_peak_mib']:.0f} | "
+            f"{r['adamw_mib']:.0f} | {rss} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def _machine(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
@@ -220,8 +270,10 @@ def run_benchmark(
     arch_overrides: Optional[dict] = None,
     pretrain_img_size: int = 518,
     log: Callable[[str], None] = print,
+    timing: bool = True,
 ) -> dict:
-    """Run the benchmark; returns a JSON-able dict (``machine``, ``ceiling``, ``results``, ``targets``)."""
+    """Run the benchmark; returns a JSON-able dict (``machine``, ``ceiling``, ``results``, ``targets``).
+    ``timing=False``: the memory pass only (no timed rounds, no matmul ceiling)."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: no CUDA device is available here")
@@ -238,10 +290,11 @@ def run_benchmark(
     }
     log(f"machine: {report['machine']['cpu']}, {report['machine']['threads']} threads"
         + (f", {report['machine']['gpu']}" if "gpu" in report["machine"] else ""))
-    report["ceiling"]["fp32"] = matmul_flops(dev, torch.float32)
-    if dtype == "bf16" or dev.type == "cuda":
-        report["ceiling"]["bf16"] = matmul_flops(dev, torch.bfloat16)
-    log("matmul ceiling: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in report["ceiling"].items()))
+    if timing:
+        report["ceiling"]["fp32"] = matmul_flops(dev, torch.float32)
+        if dtype == "bf16" or dev.type == "cuda":
+            report["ceiling"]["bf16"] = matmul_flops(dev, torch.bfloat16)
+        log("matmul ceiling: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in report["ceiling"].items()))
 
     rows: List[dict] = []
     pending_memory = []
@@ -251,6 +304,7 @@ def run_benchmark(
         for c in size_cases:
             c.forward = c.forward and c.name in cases
             c.step = c.step and c.name in step_cases
+        size_cases = [c for c in size_cases if c.forward or c.step]  # e.g. a step-only case named in cases
         macs: Dict[str, Optional[dict]] = {}
         if flops:
             for c in [c for c in size_cases if c.forward]:
@@ -265,8 +319,8 @@ def run_benchmark(
             inputs = {c.name: torch.randn(bs, 3, c.size, c.size, device=dev) for c in size_cases}
             fwd = {c.name: _forward_fn(c, inputs[c.name], dtype) for c in size_cases if c.forward}
             t_fwd = {}
-            ceiling = report["ceiling"]["bf16" if dtype == "bf16" else "fp32"]
-            if fwd:
+            ceiling = report["ceiling"].get("bf16" if dtype == "bf16" else "fp32")
+            if fwd and timing:
                 log(f"size {size}, batch {bs}: forward of {list(fwd)} ...")
                 probe, probe_flops = _matmul_probe(dev, torch.bfloat16 if dtype == "bf16" else torch.float32)
                 t_fwd = time_interleaved({**fwd, "_matmul": probe}, dev, warmup, repeats)
@@ -275,10 +329,10 @@ def run_benchmark(
                 log(f"  matmul ceiling sampled among the forwards: {ceiling / 1e12:.3f} TFLOP/s")
             steps = {c.name: _step_fn(c, inputs[c.name], dtype) for c in size_cases if c.step}
             t_step = {}
-            if steps:
+            if steps and timing:
                 log(f"size {size}, batch {bs}: training step of {list(steps)} ...")
                 t_step = time_interleaved(steps, dev, warmup, repeats)
-            base = "d2reg" if "d2reg" in fwd else "dinov3" if "dinov3" in fwd else None
+            base = None if not timing else "d2reg" if "d2reg" in fwd else "dinov3" if "dinov3" in fwd else None
             if base is not None:
                 v2, v3 = _specs(arch, arch_overrides)
                 spec = v2 if base == "d2reg" else v3
@@ -318,6 +372,8 @@ def run_benchmark(
                 fn()  # first call allocates lazily created state (grads, caches)
                 peak = cpu_peak.measure(fn) if cpu_peak is not None else _cuda_peak(fn, dev)
                 row[f"{key}_peak_mib"] = peak / 2 ** 20 if peak is not None else None
+                if key == "step":
+                    row.update(_step_tensor_memory(c.module, fn, dev, peak))
     for c_row in rows:
         c_row.setdefault("fwd_peak_mib", None)
         c_row.setdefault("step_peak_mib", None)
