@@ -340,6 +340,9 @@ def test_frozen_recipe_blocks_follow_the_backbone():
     """The blocks are the rule of the backbone's own size and family: overrides move them."""
     _, base = _meta_lazy("COCO/mask_rcnn_dinov3_vit_l_frozen_100ep", ["model.backbone.net.arch=vit_base"])
     assert base.backbone.net._take == [2, 5, 8, 11]
+    key = "model.backbone.net.out_indices"
+    for overrides, take in (([f"{key}.n=3"], [7, 15, 23]), ([f"{key}=null", f"{key}=[3,7,11,15]"], [3, 7, 11, 15])):
+        assert _meta_lazy("COCO/mask_rcnn_vit_l_frozen_100ep", overrides)[1].backbone.net._take == take  # as documented
     _, g = _meta_lazy("COCO/mask_rcnn_vit_g_frozen_100ep")
     assert g.backbone.net._take == [9, 19, 29, 39] and not g.backbone.net.vit.grad_checkpointing
     assert {p.dtype for p in g.backbone.net.parameters()} == {torch.bfloat16}
