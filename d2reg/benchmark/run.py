@@ -40,6 +40,7 @@ MEMORY_RECIPES: Dict[str, dict] = {
     "lora": dict(lora=dict(rank=8, targets=("qkv", "proj"))),  # every block's attention, rank 8
 }
 MEMORY_CASES = tuple(f"{base}-{r}" for base in ("d2reg+sfp", "dinov3+sfp") for r in MEMORY_RECIPES)
+MEMORY_TABLE_CASES = ("d2reg+sfp", "dinov3+sfp") + MEMORY_CASES  # their steps get the tensor-level memory
 DINOV2_CASES = ("d2reg", "d2reg+sfp", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win") + tuple(
     n for n in MEMORY_CASES if n.startswith("d2reg"))
 DINOV3_CASES = ("dinov3", "dinov3+sfp", "dinov3-timm", "dinov3-ckpt", "dinov3-win") + tuple(
@@ -372,7 +373,7 @@ def run_benchmark(
                 fn()  # first call allocates lazily created state (grads, caches)
                 peak = cpu_peak.measure(fn) if cpu_peak is not None else _cuda_peak(fn, dev)
                 row[f"{key}_peak_mib"] = peak / 2 ** 20 if peak is not None else None
-                if key == "step":
+                if key == "step" and c.name in MEMORY_TABLE_CASES:
                     row.update(_step_tensor_memory(c.module, fn, dev, peak))
     for c_row in rows:
         c_row.setdefault("fwd_peak_mib", None)
