@@ -94,7 +94,7 @@ class D2RegCheckpointer(DetectionCheckpointer):
     def save(self, name: str, **kwargs) -> None:
         """detectron2's ``save``; backbones that do not save their frozen tensors leave them out (see the
         module doc) and the file records what it omitted under :data:`OMITTED_KEY`."""
-        omitted = self._omitted()
+        omitted = self._omitted() if self.save_dir and self.save_to_disk else None
         if not omitted:
             return super().save(name, **kwargs)
         record = {}
