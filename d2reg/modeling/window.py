@@ -49,7 +49,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..vit import resolve_block_indices
-from ..vit.windows import WindowGrid
+from ..vit.tracing import is_exporting
+from ..vit.windows import WindowGrid, exportable_attn_mask
 
 __all__ = ["WindowedAttention", "default_window_block_indexes", "enable_window_attention"]
 
@@ -107,8 +108,10 @@ class WindowedAttention(nn.Module):
         qw = self.q_norm(win[:, P:, 0].transpose(1, 2))  # (B*nw, nh, ws*ws, hd)
         kw = self.k_norm(win[:, :, 1].transpose(1, 2))  # (B*nw, nh, P + ws*ws, hd)
         vw = win[:, :, 2].transpose(1, 2)
-        if mask is not None and B > 1:
+        if mask is not None:  # (nw, ...) -> (B*nw, ...); also for B == 1: no size test in a graph
             mask = mask.repeat(B, 1, 1, 1)
+            if is_exporting():
+                mask = exportable_attn_mask(mask, ws * ws, qkv.dtype)
         out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, dropout_p=dropout_p)
         out = out.transpose(1, 2).reshape(B, nw * ws * ws, self.attn_dim).index_select(1, back)
 

@@ -13,7 +13,9 @@ from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 
 from .arch import PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, ViTArch, get_arch, swiglu_hidden_features
-from .pos_embed import interpolate_pos_embed
+from .patch_embed import PatchEmbed
+from .pos_embed import interpolate_pos_embed, interpolate_pos_embed_by_matrices
+from .tracing import is_exporting
 
 __all__ = ["DINOv2VisionTransformer", "create_dinov2_vit"]
 
@@ -28,21 +30,23 @@ class DINOv2VisionTransformer(VisionTransformer):
     """
 
     def __init__(self, *args, legacy_pos_interp: bool = False, **kwargs):
-        super().__init__(*args, dynamic_img_size=True, dynamic_img_pad=True, **kwargs)
+        super().__init__(*args, dynamic_img_size=True, dynamic_img_pad=True, embed_layer=PatchEmbed, **kwargs)
         self.legacy_pos_interp = legacy_pos_interp
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, h, w, C) patch embeddings -> (B, prefix + h*w, C) tokens ``[CLS, reg..., patches]``."""
         B, h, w, C = x.shape
         x = x.reshape(B, h * w, C)
+        # an exported graph recomputes the resize for each input size (see bicubic_resize_matrix)
+        resize = interpolate_pos_embed_by_matrices if is_exporting() else interpolate_pos_embed
         prefix = [self.cls_token.expand(B, -1, -1)]
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(B, -1, -1))
         if self.no_embed_class:  # register models: registers and CLS carry no position
-            x = x + interpolate_pos_embed(self.pos_embed, (h, w), self.legacy_pos_interp)
+            x = x + resize(self.pos_embed, (h, w), self.legacy_pos_interp)
             return self.pos_drop(torch.cat(prefix + [x], dim=1))
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        x = x + interpolate_pos_embed(patch_pos, (h, w), self.legacy_pos_interp)
+        x = x + resize(patch_pos, (h, w), self.legacy_pos_interp)
         prefix[0] = prefix[0] + cls_pos
         return self.pos_drop(torch.cat(prefix + [x], dim=1))
 

@@ -35,7 +35,9 @@ from timm.models._manipulate import reinit_non_persistent_buffers
 from timm.models.eva import Eva, EvaAttention
 
 from .arch import resolve_block_indices
-from .windows import WindowGrid
+from .patch_embed import exportable_patch_embed
+from .tracing import is_exporting
+from .windows import WindowGrid, exportable_attn_mask
 
 __all__ = [
     "DINOV3_ARCHS",
@@ -137,6 +139,20 @@ class DINOv3RotaryEmbedding(RotaryEmbeddingDinoV3):
         if self.feat_shape is not None:
             self._cache_embed(self.feat_shape)
 
+    def _create_embed(self, feat_shape, no_aug: bool = False) -> torch.Tensor:
+        """(h*w, 4 * (head_dim // 4)) ``[sin, cos]`` for the grid ``feat_shape``: timm's, or while exporting
+        the same numbers from the grid size as a graph value (timm's ``float(h)`` and
+        ``arange(0.5, h)`` would pin an exported graph to the traced size)."""
+        if not is_exporting():
+            return super()._create_embed(feat_shape, no_aug)
+        if self.grid_indexing != "ij" or self.normalize_coords != "separate":
+            raise NotImplementedError("export supports DINOv3's RoPE grid only (ij indexing, separate normalisation)")
+        axes = [(torch.arange(n).to(torch.float32) + (0.5 + self.grid_offset)) / torch.full((), n, dtype=torch.float32)
+                for n in feat_shape]  # patch centres in [0, 1] per axis
+        coords = 2.0 * torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1) - 1.0  # (h, w, 2) in [-1, 1]
+        sin, cos = self._get_pos_embed_from_coords(coords.flatten(0, 1))
+        return torch.cat([sin, cos], dim=-1)
+
     def _apply(self, fn, recurse: bool = True):
         module = nn.Module._apply(self, fn, recurse)
         p = self._buffers.get("periods")
@@ -219,6 +235,7 @@ def create_dinov3_vit(
         dynamic_img_pad=True,
         **kwargs,
     )
+    vit.patch_embed = exportable_patch_embed(vit.patch_embed)  # one grid expression: exports stay dynamic
     vit.rope = DINOv3RotaryEmbedding(
         dim=spec.embed_dim // spec.num_heads,
         temperature=rope_base,
@@ -310,8 +327,10 @@ class DINOv3WindowedAttention(nn.Module):
         qw = q.index_select(2, q_idx).view(B, nh, nw, ws * ws, hd).transpose(1, 2).reshape(B * nw, nh, ws * ws, hd)
         kw = k.index_select(2, kv_idx).view(B, nh, nw, L, hd).transpose(1, 2).reshape(B * nw, nh, L, hd)
         vw = v.index_select(2, kv_idx).view(B, nh, nw, L, hd).transpose(1, 2).reshape(B * nw, nh, L, hd)
-        if mask is not None and B > 1:
+        if mask is not None:  # (nw, ...) -> (B*nw, ...); also for B == 1: no size test in a graph
             mask = mask.repeat(B, 1, 1, 1)
+            if is_exporting():
+                mask = exportable_attn_mask(mask, ws * ws, qkv.dtype)
         out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask, dropout_p=dropout_p)
         out = out.view(B, nw, nh, ws * ws, hd).transpose(1, 2).reshape(B, nh, nw * ws * ws, hd).index_select(2, back)
 

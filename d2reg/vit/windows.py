@@ -12,7 +12,18 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-__all__ = ["WindowGrid"]
+from .tracing import is_exporting
+
+__all__ = ["WindowGrid", "exportable_attn_mask"]
+
+
+def exportable_attn_mask(mask: torch.Tensor, num_queries: int, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean key mask ``(n, 1, 1, L)`` (True = attend) as ONNX runtimes take it: additive
+    (0 / dtype min) and with the query axis spelt out, ``(n, 1, num_queries, L)`` (onnxruntime's
+    Attention does not broadcast over queries; its boolean form gave NaN, the opset-18 decomposition
+    of a broadcast mask wrong values)."""
+    mask = mask.expand(-1, -1, num_queries, -1)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 class WindowGrid:
@@ -46,30 +57,42 @@ class WindowGrid:
         - ``kv_idx`` (nw * (P + ws*ws),): per window the P prefix tokens, then its slots;
         - ``back`` (h*w,): for every patch token, its slot in the windows' outputs;
         - ``mask``: (nw, 1, 1, P + ws*ws) bool, True = real key; None when the grid needs no padding.
+
+        Index arithmetic on ``arange`` only (no size-dependent branch, no boolean indexing), so an
+        exported graph (:func:`is_exporting`) computes the layout for each input size; there the
+        mask is always built (all True when nothing is padded) and nothing is cached.
         """
         h, w = self.hw
-        inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
-        key = (h, w, window_size, num_prefix, str(device), inference)
-        found = self._layouts.get(key)
-        if found is not None:
-            return found
+        exporting = is_exporting()
+        key = None
+        if not exporting:
+            inference = not torch.compiler.is_compiling() and torch.is_inference_mode_enabled()
+            key = (h, w, window_size, num_prefix, str(device), inference)
+            found = self._layouts.get(key)
+            if found is not None:
+                return found
         ws, P = window_size, num_prefix
-        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
-        nh_, nw_ = hp // ws, wp // ws
-        ids = torch.full((hp, wp), -1, dtype=torch.long, device=device)
-        ids[:h, :w] = torch.arange(h * w, device=device).view(h, w)
-        win = ids.view(nh_, ws, nw_, ws).permute(0, 2, 1, 3).reshape(nh_ * nw_, ws * ws)  # -1 = padding
-        nw = win.shape[0]
-        real = win >= 0
-        slots = win.clamp(min=0) + P
+        # windows per column / row; not -(-h // ws): ONNX divides integers truncating towards zero
+        nh_, nw_ = (h + ws - 1) // ws, (w + ws - 1) // ws
+        nw = nh_ * nw_
+        # slot (a, b, u, v): window (a, b), position (u, v) inside it -> grid cell (a*ws + u, b*ws + v)
+        rows = (torch.arange(nh_, device=device)[:, None] * ws + torch.arange(ws, device=device)[None, :])
+        cols = (torch.arange(nw_, device=device)[:, None] * ws + torch.arange(ws, device=device)[None, :])
+        r = rows[:, None, :, None]  # (nh_, 1, ws, 1)
+        c = cols[None, :, None, :]  # (1, nw_, 1, ws)
+        real = ((r < h) & (c < w)).reshape(nw, ws * ws)  # False = padding
+        slots = torch.where(real, (r * w + c).reshape(nw, ws * ws), 0) + P
         q_idx = slots.flatten()
         prefix = torch.arange(P, device=device).expand(nw, P)
         kv_idx = torch.cat([prefix, slots], dim=1).flatten()
-        back = torch.empty(h * w, dtype=torch.long, device=device)
-        back[win[real]] = torch.arange(nw * ws * ws, device=device).view(nw, ws * ws)[real]
+        gr = torch.arange(h, device=device)[:, None]
+        gc = torch.arange(w, device=device)[None, :]
+        back = (((gr // ws) * nw_ + gc // ws) * (ws * ws) + (gr % ws) * ws + gc % ws).flatten()
         mask = None
-        if (hp, wp) != (h, w):
+        if exporting or nh_ * ws != h or nw_ * ws != w:
             mask = torch.cat([torch.ones_like(prefix, dtype=torch.bool), real], dim=1)[:, None, None, :]
+        if exporting:
+            return q_idx, kv_idx, back, mask, nw
         if len(self._layouts) > 16:
             self._layouts.clear()
         found = self._layouts[key] = (q_idx, kv_idx, back, mask, nw)
