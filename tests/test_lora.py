@@ -101,6 +101,9 @@ def test_lora_on_pretrained_weights_starts_at_the_pretrained_model(family, tmp_p
         late = _pyramid(cls(**kw, lora=ALL_TARGETS)).eval()
         D2RegCheckpointer(late).load(path)
         torch.testing.assert_close(late.net(x)["last_feat"], want, rtol=0, atol=1e-6)
+        later = cls(**kw, lora=ALL_TARGETS).eval()
+        later.load_weights(path)  # the backbone's own loader, after LoRA
+        torch.testing.assert_close(later(x)["last_feat"], want, rtol=0, atol=1e-6)
 
 
 def test_lora_checkpoint_without_frozen_base_weights(family, tmp_path):

@@ -21,7 +21,7 @@ from detectron2.modeling import Backbone
 
 from ..checkpoint import CheckpointInfo, fit_state_dict, load_checkpoint
 from ..vit import resolve_block_indices
-from .lora import add_lora, check_lora, lora_from_config, merge_lora
+from .lora import add_lora, check_lora, lora_from_config, merge_lora, without_lora
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ class ViTBackbone(Backbone):
         see :func:`d2reg.checkpoint.load_checkpoint`. Raises :class:`d2reg.CheckpointError` on any
         mismatch (another family, another architecture)."""
         sd, info = load_checkpoint(path, family=self.checkpoint_family)
-        self.vit.load_state_dict(fit_state_dict(sd, info, self.vit, **self.fit_kwargs), strict=True)
+        with without_lora(self.vit):  # (after LoRA: the file fills the wrapped base layers)
+            self.vit.load_state_dict(fit_state_dict(sd, info, self.vit, **self.fit_kwargs), strict=True)
         logger.info("d2reg: loaded %s into %s (patch %d -> %d)", path, type(self).__name__, info.patch_size,
                     self.patch_size)
         return info
