@@ -32,11 +32,12 @@ setup(
         # Hugging Face comparisons (d2reg.benchmark) and HF-layout test checkpoints (d2reg.testing);
         # reading HF checkpoints needs no transformers
         "hf": ["transformers>=5.24"],
-        # d2reg.export / tools/export_onnx.py: ONNX graphs checked with onnxruntime
-        "export": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3"],
+        # d2reg.export / tools/export_onnx.py: ONNX graphs checked with onnxruntime (opset 23 Attention: onnx 1.18,
+        # onnxruntime 1.23)
+        "export": ["onnx>=1.18", "onnxruntime>=1.23", "onnxscript>=0.3"],
         # LoRA fine-tuning of the backbone (MODEL.D2REG.LORA)
         "lora": ["peft>=0.13"],
-        "test": ["pytest", "ruff", "transformers>=5.24", "onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3",
+        "test": ["pytest", "ruff", "transformers>=5.24", "onnx>=1.18", "onnxruntime>=1.23", "onnxscript>=0.3",
                  "peft>=0.13"],
     },
 )

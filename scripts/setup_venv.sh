@@ -40,7 +40,7 @@ $PIP install -q "setuptools<81" wheel termcolor yacs tabulate cloudpickle tqdm m
   "timm>=1.0.15" safetensors opencv-python-headless scipy shapely \
   pytest ruff transformers 2>&1 | quiet
 # the optional extras the tests cover: export (ONNX, onnxruntime) and lora (peft)
-$PIP install -q "onnx>=1.17" "onnxruntime>=1.20" "onnxscript>=0.3" "peft>=0.13" 2>&1 | quiet
+$PIP install -q "onnx>=1.18" "onnxruntime>=1.23" "onnxscript>=0.3" "peft>=0.13" 2>&1 | quiet
 
 if has detectron2.modeling; then
   echo "[setup] detectron2 already importable: keeping it"

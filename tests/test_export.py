@@ -178,3 +178,19 @@ def test_export_leaves_eager_model_unchanged(tmp_path):
     with torch.no_grad():
         after = backbone(x)["p4"]
     np.testing.assert_array_equal(before.numpy(), after.numpy())
+
+
+def test_benchmark_times_onnxruntime_beside_pytorch():
+    """tools/benchmark.py's onnxruntime case: the exported backbone + pyramid, timed in the same
+    interleaved rounds as PyTorch eager, and the speed ratio reported."""
+    from d2reg.benchmark import format_report, run_benchmark
+    from d2reg.benchmark.report import onnxruntime_ratios
+
+    report = run_benchmark(sizes=[64], cases=["d2reg+sfp", "d2reg+sfp-ort"], step_cases=[], warmup=0, repeats=1,
+                           memory=False, flops=False, arch_overrides=dict(TINY_ARCH), pretrain_img_size=TINY_IMG,
+                           log=lambda s: None)
+    rows = {r["case"]: r for r in report["results"]}
+    assert rows["d2reg+sfp-ort"]["fwd_s"] > 0 and rows["d2reg+sfp"]["fwd_s"] > 0
+    ratios = onnxruntime_ratios(report["results"])
+    assert [r["case"] for r in ratios] == ["d2reg+sfp-ort"] and ratios[0]["speedup"] > 0
+    assert "onnxruntime / PyTorch eager forward" in format_report(report)

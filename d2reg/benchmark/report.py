@@ -85,6 +85,18 @@ def _fmt(v, spec=".2f", scale=1.0):
     return "-" if v is None else format(v * scale, spec)
 
 
+def onnxruntime_ratios(rows: list) -> list:
+    """For each ``<case>-ort`` row with a timed ``<case>`` row of the same input and batch: the forward
+    speed of onnxruntime relative to PyTorch eager (> 1: onnxruntime is faster)."""
+    timed = {(r["case"], r["input"], r["batch"]): r for r in rows if r.get("fwd_s")}
+    out = []
+    for (case, size, batch), r in timed.items():
+        eager = timed.get((case[: -len("-ort")], size, batch)) if case.endswith("-ort") else None
+        if eager is not None:
+            out.append(dict(case=case, input=size, batch=batch, speedup=eager["fwd_s"] / r["fwd_s"]))
+    return out
+
+
 def format_report(report: dict) -> str:
     """Markdown tables: machine, results per case, targets."""
     from tabulate import tabulate
@@ -108,6 +120,11 @@ def format_report(report: dict) -> str:
               _fmt(r.get("fwd_ceiling_frac"), ".0f", 100), _fmt(r["step_ips"], ".3f"), _fmt(r["step_s"], ".0f", 1e3),
               _fmt(r["fwd_peak_mib"], ".0f"), _fmt(r["step_peak_mib"], ".0f")] for r in report["results"]]
     lines.append(tabulate(table, headers=headers, tablefmt="github"))
+    ratios = onnxruntime_ratios(report["results"])
+    if ratios:
+        lines.append("")
+        lines += [f"onnxruntime / PyTorch eager forward, {r['case']} at {r['input']}² batch {r['batch']}: "
+                  f"{r['speedup']:.2f}x the images per second" for r in ratios]
     if report.get("kernels"):
         lines.append("")
         kt = [[k["size"], k["batch"], k["tokens"], _fmt(k["sdpa_flops"], ".3f", 1e-12),

@@ -29,6 +29,7 @@ from .measure import (
     tensor_peak_bytes,
     time_interleaved,
 )
+from .onnx_case import OnnxRuntimeBackbone, onnxruntime_available
 from .report import evaluate_targets
 
 # Training recipes of the memory table: backbone kwargs on top of "<family>+sfp" (full fine-tuning); a
@@ -41,9 +42,10 @@ MEMORY_RECIPES: Dict[str, dict] = {
 }
 MEMORY_CASES = tuple(f"{base}-{r}" for base in ("d2reg+sfp", "dinov3+sfp") for r in MEMORY_RECIPES)
 MEMORY_TABLE_CASES = ("d2reg+sfp", "dinov3+sfp") + MEMORY_CASES  # their steps get the tensor-level memory
-DINOV2_CASES = ("d2reg", "d2reg+sfp", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win") + tuple(
+ORT_CASES = ("d2reg+sfp-ort", "dinov3+sfp-ort")  # onnxruntime (CPU) on the exported backbone + pyramid
+DINOV2_CASES = ("d2reg", "d2reg+sfp", "d2reg+sfp-ort", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win") + tuple(
     n for n in MEMORY_CASES if n.startswith("d2reg"))
-DINOV3_CASES = ("dinov3", "dinov3+sfp", "dinov3-timm", "dinov3-ckpt", "dinov3-win") + tuple(
+DINOV3_CASES = ("dinov3", "dinov3+sfp", "dinov3+sfp-ort", "dinov3-timm", "dinov3-ckpt", "dinov3-win") + tuple(
     n for n in MEMORY_CASES if n.startswith("dinov3"))
 ALL_CASES = DINOV2_CASES + DINOV3_CASES
 STEP_CASES = ("d2reg", "d2reg-ckpt", "d2reg-win", "dinov3", "dinov3-ckpt", "dinov3-win")  # training step timed
@@ -61,6 +63,8 @@ class Case:
     build: Callable[[], nn.Module]
     call: Optional[Callable[[nn.Module, torch.Tensor], object]] = None  # None: module(x)
     step: bool = True  # measure the training step (run_benchmark: if named in step_cases)
+    flops: bool = True  # count its MACs with fvcore (False: not a torch graph, e.g. onnxruntime)
+    memory: bool = True  # measure its peak (False: onnxruntime keeps its arena from the first run: no delta)
     forward: bool = True  # measure the forward (run_benchmark: if named in cases)
     module: Optional[nn.Module] = field(default=None, repr=False)
 
@@ -151,6 +155,10 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
             window_size=WINDOW_SIZE, window_block_indexes=default_window_block_indexes(spec.depth))),
         "dinov3": lambda: Case("dinov3", s16, 16, backbone3()),
         "dinov3+sfp": lambda: Case("dinov3+sfp", s16, 16, lambda: pyramid(backbone3())),
+        "d2reg+sfp-ort": lambda: Case("d2reg+sfp-ort", s16, 16, lambda: OnnxRuntimeBackbone(pyramid()), step=False,
+                                      flops=False, memory=False),
+        "dinov3+sfp-ort": lambda: Case("dinov3+sfp-ort", s16, 16, lambda: OnnxRuntimeBackbone(pyramid(backbone3())),
+                                       step=False, flops=False, memory=False),
         "dinov3-timm": lambda: Case("dinov3-timm", s16, 16, bare_timm3, call=lambda m, x: m.forward_features(x)),
         "dinov3-ckpt": lambda: Case("dinov3-ckpt", s16, 16, backbone3(use_act_checkpoint=True), forward=False),
         "dinov3-win": lambda: Case("dinov3-win", s16, 16, backbone3(
@@ -176,6 +184,9 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
                 import transformers  # noqa: F401
             except ImportError:
                 continue
+        if n in ORT_CASES and not onnxruntime_available():
+            log(f"  {n}: onnxruntime is not installed (pip install -e .[export]): skipped")
+            continue
         cases.append(table[n]())
     return cases
 
@@ -306,9 +317,11 @@ def run_benchmark(
             c.forward = c.forward and c.name in cases
             c.step = c.step and c.name in step_cases
         size_cases = [c for c in size_cases if c.forward or c.step]  # e.g. a step-only case named in cases
+        if dev.type != "cpu":  # onnxruntime runs here on the CPU: no comparison with a GPU forward
+            size_cases = [c for c in size_cases if c.name not in ORT_CASES]
         macs: Dict[str, Optional[dict]] = {}
         if flops:
-            for c in [c for c in size_cases if c.forward]:
+            for c in [c for c in size_cases if c.forward and c.flops]:
                 x1 = torch.randn(1, 3, c.size, c.size, device=dev)
                 model = c.get(dev).eval()
                 try:
@@ -357,7 +370,7 @@ def run_benchmark(
                     row["fwd_tflops"] = 2 * row["gmac"] / row["fwd_s"] / 1e3
                     row["fwd_ceiling_frac"] = row["fwd_tflops"] * 1e12 / ceiling
                 rows.append(row)
-                if memory:
+                if memory and c.memory:
                     pending_memory.append((row, c, inputs[c.name]))
         report["results"] = rows
     if memory:
