@@ -16,7 +16,7 @@ from _tools import DEMO, LAZY_TINY, TINY_INSTANCE, TINY_SEM_SEG, load_tool
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from dinov3_reference import random_official_dinov3_state_dict
 
-from d2reg import DINOv2Backbone, DINOv3Backbone, SimpleFeaturePyramid
+from d2reg import DINOv2Backbone, DINOv3Backbone, MultiLayerFeaturePyramid, SimpleFeaturePyramid
 from d2reg.export import (
     ExportError,
     default_verify_sizes,
@@ -29,7 +29,7 @@ from d2reg.export import (
     verify_backbone,
     verify_model,
 )
-from d2reg.testing import TINY_ARCH, TINY_IMG, write_checkpoint, write_random_checkpoint
+from d2reg.testing import TINY_ARCH, TINY_DEEP_ARCH, TINY_IMG, write_checkpoint, write_random_checkpoint
 from d2reg.vit.pos_embed import bicubic_resize_matrix, interpolate_pos_embed, interpolate_pos_embed_by_matrices
 
 TINY_V3 = dict(embed_dim=128, depth=2, num_heads=2)
@@ -80,6 +80,9 @@ CASES = {
     "dinov2-noreg": lambda tmp: _dinov2(tmp, 0, window=False),
     "dinov2-reg-windowed-pyramid": lambda tmp: _pyramid(_dinov2(tmp, 4, window=True)),
     "dinov3-windowed": lambda tmp: _dinov3(tmp, window=True),
+    "frozen-multilayer-concat": lambda tmp: MultiLayerFeaturePyramid(
+        DINOv2Backbone(arch="vit_small", out_indices=(0, 1, 2, 3), freeze_at="all", pretrain_img_size=TINY_IMG,
+                       **TINY_DEEP_ARCH), 16, mode="concat", top_block=LastLevelMaxPool()),
 }
 
 
@@ -194,3 +197,22 @@ def test_benchmark_times_onnxruntime_beside_pytorch():
     ratios = onnxruntime_ratios(report["results"])
     assert [r["case"] for r in ratios] == ["d2reg+sfp-ort"] and ratios[0]["speedup"] > 0
     assert "onnxruntime / PyTorch eager forward" in format_report(report)
+
+
+def test_merged_lora_backbone_exports(tmp_path):
+    """A LoRA fine-tuned backbone, merged (plain nn.Linear again), exports and matches like any other."""
+    from d2reg.modeling.lora import merge_lora
+
+    path = str(tmp_path / "w.pth")
+    write_random_checkpoint(path, "official", "vit_small", 4, img_size=TINY_IMG, **TINY_ARCH)
+    backbone = DINOv2Backbone(arch="vit_small", weights=path, pretrain_img_size=TINY_IMG,
+                              lora=dict(rank=4, targets=("qkv", "proj")), **TINY_ARCH)
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)  # a trained adapter: not the zero initialisation
+    assert merge_lora(backbone) > 0
+    backbone.eval()
+    result = export_backbone(backbone, str(tmp_path / "b.onnx"))
+    rows = verify_backbone(backbone, result.path, [(64, 64), (48, 80), (61, 77)])
+    assert result.dynamic and all(r.ok for r in rows), format_report(rows)
