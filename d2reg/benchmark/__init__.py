@@ -7,6 +7,8 @@ Cases (all random-initialised, nothing is downloaded), per input size S and batc
 =============  ==============================================================================
 d2reg          :class:`DINOv2Backbone` at patch 16, input S rounded up to a multiple of 16
 d2reg+sfp      the same inside detectron2's simple feature pyramid (p2-p6, 256 channels)
+d2reg+sfp-ort  d2reg+sfp exported to ONNX (d2reg.export, dynamic sizes) and run by onnxruntime on the CPU
+               (forward only; the report prints its speed relative to d2reg+sfp)
 timm           bare timm ``vit_*_patch14_reg4_dinov2`` built at patch 16 for exactly that input
                size (no position-embedding interpolation at run time), ``forward_features``
 d2reg-p14      :class:`DINOv2Backbone` at patch 14 with S rounded to the nearest multiple of 14
@@ -18,6 +20,7 @@ d2reg-win      d2reg with 14x14 windowed attention, ViTDet's 4 global blocks
 dinov3         :class:`DINOv3Backbone` (timm ``Eva``, RoPE, 4 storage tokens, patch 16), input S
                rounded up to a multiple of 16
 dinov3+sfp     the same inside the simple feature pyramid
+dinov3+sfp-ort dinov3+sfp through onnxruntime, as d2reg+sfp-ort
 dinov3-timm    bare timm ``vit_*_patch16_dinov3[_qkvb]`` (``timm.create_model(..., pretrained=False)``,
                the qkv-bias variant where the official model has one) at that input size,
                ``forward_features``
