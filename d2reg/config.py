@@ -1,7 +1,8 @@
 """``add_d2reg_config``: every YACS key d2reg adds to a detectron2 config (model and solver).
 
 The YACS builders sit beside their classes: ``build_d2reg_sfp_backbone`` in
-:mod:`d2reg.modeling.pyramid`, ``build_d2reg_vit_backbone`` in :mod:`d2reg.modeling.semseg`.
+:mod:`d2reg.modeling.pyramid` (the simple or, with ``MODEL.D2REG.SFP.MULTILAYER_MODE``, the multi-layer
+pyramid), ``build_d2reg_vit_backbone`` in :mod:`d2reg.modeling.semseg`.
 
 ``resolve_recipe``: the shipped YACS configs leave the per-size values to the recipe table
 (:mod:`d2reg.recipes`) with ``MODEL.D2REG.WEIGHTS "official"``, ``DROP_PATH_RATE -1``, ``LR_DECAY -1``;
