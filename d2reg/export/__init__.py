@@ -13,8 +13,8 @@ from .backbone import (
     ExportResult,
     dynamic_size_range,
     export_backbone,
-    find_vit_backbone,
     onnx_input_dims,
+    require_vit_backbone,
 )
 from .config import model_from_config
 from .model import DEFAULT_MODEL_OPSET, export_model, model_adapter
@@ -30,12 +30,12 @@ __all__ = [
     "dynamic_size_range",
     "export_backbone",
     "export_model",
-    "find_vit_backbone",
     "format_report",
     "model_adapter",
     "model_from_config",
     "onnx_input_dims",
     "ort_session",
+    "require_vit_backbone",
     "verify_backbone",
     "verify_model",
 ]

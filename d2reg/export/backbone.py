@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from ..modeling.vit_backbone import ViTBackbone
+from ..solver import find_vit_backbone
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_BACKBONE_OPSET", "ExportError", "ExportResult", "dynamic_size_range", "export_backbone",
-           "find_vit_backbone", "onnx_input_dims"]
+           "onnx_input_dims", "require_vit_backbone"]
 
 DEFAULT_BACKBONE_OPSET = 23  # the first with a fused Attention operator
 MAX_SIDE = 8192
@@ -46,13 +47,14 @@ class ExportResult:
     notes: List[str] = field(default_factory=list)
 
 
-def find_vit_backbone(module: nn.Module) -> ViTBackbone:
-    """The d2reg ViT backbone in ``module`` (itself, a pyramid's ``net``, a model's ``backbone``)."""
-    for m in module.modules():
-        if isinstance(m, ViTBackbone):
-            return m
-    raise ExportError(f"{type(module).__name__} holds no d2reg ViT backbone (DINOv2Backbone / DINOv3Backbone); "
-                      "d2reg.export exports d2reg models only.")
+def require_vit_backbone(module: nn.Module) -> ViTBackbone:
+    """The d2reg ViT backbone in ``module`` (itself, a pyramid's ``net``, a model's ``backbone``), found
+    by :func:`d2reg.solver.find_vit_backbone`; an :class:`ExportError` when there is none."""
+    _, vit = find_vit_backbone(module)
+    if vit is None:
+        raise ExportError(f"{type(module).__name__} holds no d2reg ViT backbone (DINOv2Backbone / DINOv3Backbone); "
+                          "d2reg.export exports d2reg models only.")
+    return vit
 
 
 def dynamic_size_range(backbone: nn.Module) -> Tuple[int, int]:
@@ -61,7 +63,7 @@ def dynamic_size_range(backbone: nn.Module) -> Tuple[int, int]:
     ``torch.export`` assumes no dimension is 1, so the patch grid needs at least 2 rows and columns,
     and a windowed ViT at least 2 windows per side (``patch * (window + 1)`` pixels); a pyramid needs
     its coarsest level (stride ``s``) at least 2 wide (``2 * s``)."""
-    vit = find_vit_backbone(backbone)
+    vit = require_vit_backbone(backbone)
     p = vit.patch_size
     window = max((getattr(m, "window_size", 0) for m in vit.modules() if hasattr(m, "_grid")), default=0)
     low = p * (window + 1) if window else 2 * p

@@ -25,7 +25,7 @@ from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema, S
 from detectron2.modeling import GeneralizedRCNN, SemanticSegmentor
 from torch import nn
 
-from .backbone import ExportError, ExportResult, find_vit_backbone
+from .backbone import ExportError, ExportResult, require_vit_backbone
 
 __all__ = ["DEFAULT_MODEL_OPSET", "export_model", "model_adapter"]
 
@@ -73,7 +73,7 @@ def _leaf_names(schema: Schema, prefix: str = "") -> List[str]:
 def model_adapter(model: nn.Module, example: torch.Tensor) -> Tuple[TracingAdapter, List[str]]:
     """detectron2's ``TracingAdapter`` around ``model`` (eval mode) called on ``{"image": example}``, and
     the names of its flattened outputs. ``adapter(image)`` returns the tuple the ONNX graph returns."""
-    find_vit_backbone(model)
+    require_vit_backbone(model)
     adapter = TracingAdapter(model.eval(), [{"image": example}], _inference_func(model)).eval()
     with torch.no_grad():
         adapter(example)  # records the output schema

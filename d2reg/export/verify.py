@@ -140,10 +140,10 @@ def verify_model(model: nn.Module, path: str, sizes: Sequence[Tuple[int, int]], 
     g = torch.Generator().manual_seed(seed)
     rows: List[VerifyRow] = []
     was_training = model.training
+    images = [torch.rand(3, h, w, generator=g) * 255 for h, w in sizes]
     try:
-        for h, w in sizes:
-            image = torch.rand(3, h, w, generator=g) * 255
-            adapter, names = model_adapter(model, image)
+        adapter, names = model_adapter(model, images[0])  # one adapter: the output structure is size-independent
+        for (h, w), image in zip(sizes, images):
             with torch.no_grad():
                 ref = {n: t.numpy() for n, t in zip(names, adapter(image))}
             got = dict(zip([o.name for o in session.get_outputs()],
