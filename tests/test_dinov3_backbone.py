@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from dinov3_reference import get_intermediate_layers, random_official_dinov3_state_dict
+from dinov3_reference import get_intermediate_layers, random_official_dinov3_state_dict, window_attention_mask
+from timm.models._manipulate import reinit_non_persistent_buffers
 
 from d2reg import CheckpointError, DINOv2Backbone, DINOv3Backbone, load_checkpoint, lr_decay_rate
 from d2reg.checkpoint import convert_to_detectron2, dinov3
@@ -34,6 +35,27 @@ def test_backbone_equals_official_reference_non_square(official_file):
     assert list(out) == ["block0", "last_feat"] and out["last_feat"].shape == (1, 128, 13, 21)
     ref = get_intermediate_layers(sd, F.pad(x, (0, 21 * 16 - 333, 0, 13 * 16 - 200)), n=[0, 1], norm=False)
     assert _rel(out["block0"], ref[0]) <= 1e-4 and _rel(out["last_feat"], ref[1]) <= 1e-4
+
+
+def test_windowed_backbone_from_weights_rebuilds_every_derived_buffer(official_file):
+    """A backbone with weights is built on the meta device and allocated without init; the buffers no
+    state dict holds (the inert K bias, also inside the windowed blocks) must be rebuilt, not left as
+    whatever the allocated memory held (seen: a K bias of 1e7 and NaN outputs, depending on the run)."""
+    path, sd = official_file
+    net = DINOv3Backbone(arch="vit_small", weights=path, window_size=4, window_block_indexes=(0,), **TINY).eval()
+    derived = {n for n, _ in net.vit.named_buffers()} - set(net.vit.state_dict())
+    assert "blocks.0.attn.k_bias" in derived and "blocks.1.attn.k_bias" in derived
+    for name, buf in net.vit.named_buffers():
+        if name in derived:
+            assert torch.equal(buf, torch.zeros_like(buf)), name
+            buf.fill_(float("nan"))  # what to_empty may leave; the rebuild must reach every one
+    reinit_non_persistent_buffers(net.vit)
+    assert all(torch.equal(b, torch.zeros_like(b)) for n, b in net.vit.named_buffers() if n in derived)
+    x = torch.randn(1, 3, 96, 144, generator=torch.Generator().manual_seed(0))  # 6 x 9 grid: padded windows
+    with torch.no_grad():
+        out = net(x)["last_feat"]
+    ref = get_intermediate_layers(sd, x, n=[1], norm=False, attn_masks={0: window_attention_mask(6, 9, 4, 5)})[0]
+    assert _rel(out, ref) <= 1e-4
 
 
 def test_timm_and_detectron2_layouts_load_the_same_model(official_file, tmp_path):

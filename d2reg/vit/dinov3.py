@@ -300,6 +300,12 @@ class DINOv3WindowedAttention(nn.Module):
         self.num_prefix_tokens = num_prefix_tokens
         self._grid = grid if grid is not None else WindowGrid()
 
+    def init_non_persistent_buffers(self) -> None:
+        """Zero the K bias again, as timm's ``EvaAttention`` does: it is not in any state dict, so after
+        ``to_empty`` (:func:`materialize_dinov3_vit`) it would otherwise hold whatever the memory held."""
+        if self.k_bias is not None:
+            self.k_bias.zero_()
+
     def extra_repr(self) -> str:
         return f"window_size={self.window_size}, num_prefix_tokens={self.num_prefix_tokens}"
 
