@@ -258,7 +258,15 @@ def materialize_dinov3_vit(vit: Eva, device: Union[str, torch.device] = "cpu") -
     buffers (the zero K bias). Load a complete state dict right after (``rope.periods`` included, as
     :func:`d2reg.checkpoint.dinov3.fit_to_model` returns). Returns ``vit``."""
     vit.to_empty(device=device)
+    loaded = set(vit.state_dict())
+    derived = {n: b for n, b in vit.named_buffers() if n not in loaded and b.is_floating_point()}
+    for b in derived.values():
+        b.fill_(float("nan"))  # so that a buffer no module rebuilds is caught here, not by chance later
     reinit_non_persistent_buffers(vit)
+    stale = [n for n, b in derived.items() if torch.isnan(b).any()]
+    if stale:
+        raise RuntimeError(f"d2reg bug: derived buffers {stale} are in no state dict and no module rebuilds them "
+                           "after to_empty (give their module an init_non_persistent_buffers method).")
     return vit
 
 
