@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 from detectron2.config import CfgNode
@@ -24,6 +24,7 @@ __all__ = [
     "find_vit_backbone",
     "get_d2reg_optimizer_params",
     "lr_decay_rate",
+    "vit_backbones",
 ]
 
 # Parameters that belong to layer 0 for lr decay: the prefix tokens (CLS, registers / DINOv3 storage
@@ -57,16 +58,21 @@ def lr_decay_rate(name: str, lr_decay_rate: float = 1.0, num_layers: int = 12, p
     return lr_decay_rate ** (num_layers + 1 - layer_id)
 
 
-def find_vit_backbone(model: torch.nn.Module) -> Tuple[Optional[str], Optional[torch.nn.Module]]:
-    """(name, module) of the first d2reg ViT backbone inside ``model`` (DDP unwrapped), or
-    (None, None). The name is "" for the backbone itself, e.g. "backbone.net" in a Mask R-CNN.
-    A d2reg ViT backbone is recognised by its ``checkpoint_family`` attribute (every family has one)."""
+def vit_backbones(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Module]]:
+    """(name, module) of every d2reg ViT backbone inside ``model`` (DDP unwrapped), in module order.
+    The name is "" for the backbone itself, e.g. "backbone.net" in a Mask R-CNN. A d2reg ViT backbone
+    is recognised by its ``checkpoint_family`` attribute (every family has one) and its ``vit``."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     for name, m in model.named_modules():
         if getattr(m, "checkpoint_family", None) and hasattr(m, "vit"):
-            return name, m
-    return None, None
+            yield name, m
+
+
+def find_vit_backbone(model: torch.nn.Module) -> Tuple[Optional[str], Optional[torch.nn.Module]]:
+    """(name, module) of the first d2reg ViT backbone inside ``model`` (:func:`vit_backbones`), or
+    (None, None)."""
+    return next(vit_backbones(model), (None, None))
 
 
 def get_d2reg_optimizer_params(model: torch.nn.Module, base_lr: float, lr_decay: float = 1.0, **kwargs):

@@ -37,7 +37,7 @@ from ..checkpoint import (
 )
 from ..checkpoint.errors import short_list
 from ..modeling.lora import to_lora_keys, without_lora
-from ..solver import find_vit_backbone
+from ..solver import find_vit_backbone, vit_backbones
 
 __all__ = ["OMITTED_KEY", "D2RegCheckpointer", "RNGState"]
 
@@ -69,8 +69,7 @@ class D2RegCheckpointer(DetectionCheckpointer):
 
     # -------------------------------------------------------------------------------- saving
     def _vit_backbones(self) -> List[Tuple[str, torch.nn.Module]]:
-        return [(n, m) for n, m in self.model.named_modules() if getattr(m, "checkpoint_family", None)
-                and hasattr(m, "vit")]
+        return list(vit_backbones(self.model))
 
     def _omitted(self) -> Dict[str, Tuple[torch.nn.Module, List[str]]]:
         """{backbone name: (backbone, ViT-local keys to leave out)} for the backbones that omit frozen tensors."""
