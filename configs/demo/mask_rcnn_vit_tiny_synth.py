@@ -1,5 +1,5 @@
 """LazyConfig twin of mask_rcnn_vit_tiny_synth.yaml (for tools/lazyconfig_train_net.py): a tiny
-ViT-reg (192-dim, 4 blocks, 3 heads, 4 registers, patch 8) + simple feature pyramid (128 channels, p2-p5)
+ViT-reg (192-dim, 4 blocks, 3 heads, 4 registers, patch 8) + simple feature pyramid (128 channels, p3-p5)
 + slim Mask R-CNN (detectron2's shipped ``common/models/mask_rcnn_fpn.py`` with smaller heads), trained from
 scratch on the synthetic shapes (``d2reg_synth_train``, 192-px images) on a CPU.
 
@@ -41,21 +41,25 @@ model.backbone = L(SimpleFeaturePyramid)(
     ),
     in_feature="last_feat",
     out_channels=C,
-    scale_factors=(2.0, 1.0, 0.5),  # stride 8 -> p2, p3, p4
+    scale_factors=(1.0, 0.5),  # stride 8 -> p3, p4 (no p2: see the YAML)
     top_block=L(LastLevelMaxPool)(),  # p5
     norm="LN",
 )
 rpn = model.proposal_generator
 rpn.head.in_channels = C
-rpn.in_features = ["p2", "p3", "p4", "p5"]
-rpn.anchor_generator.sizes = [[16], [32], [64], [128]]
-rpn.anchor_generator.strides = [4, 8, 16, 32]
+LEVELS = ["p3", "p4", "p5"]
+SCALES = (1.0 / 8, 1.0 / 16, 1.0 / 32)
+rpn.in_features = LEVELS
+rpn.anchor_generator.sizes = [[32], [64], [128]]
+rpn.anchor_generator.strides = [8, 16, 32]
 rpn.batch_size_per_image = 128
 rpn.pre_nms_topk = (1000, 500)
 rpn.post_nms_topk = (256, 100)
 roi = model.roi_heads
 roi.num_classes = 3
 roi.batch_size_per_image = 64
+roi.box_in_features = roi.mask_in_features = LEVELS
+roi.box_pooler.scales = roi.mask_pooler.scales = SCALES
 roi.box_pooler.sampling_ratio = 1
 roi.box_head.input_shape = ShapeSpec(channels=C, height=7, width=7)
 roi.box_head.fc_dims = [256, 256]
