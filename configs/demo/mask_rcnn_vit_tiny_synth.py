@@ -48,10 +48,10 @@ model.backbone = L(SimpleFeaturePyramid)(
 rpn = model.proposal_generator
 rpn.head.in_channels = C
 LEVELS = ["p3", "p4", "p5"]
-SCALES = (1.0 / 8, 1.0 / 16, 1.0 / 32)
+STRIDES = [2 ** int(level[1:]) for level in LEVELS]  # p<k>: stride 2**k
 rpn.in_features = LEVELS
-rpn.anchor_generator.sizes = [[32], [64], [128]]
-rpn.anchor_generator.strides = [8, 16, 32]
+rpn.anchor_generator.sizes = [[4 * s] for s in STRIDES]  # 32, 64, 128 px
+rpn.anchor_generator.strides = STRIDES
 rpn.batch_size_per_image = 128
 rpn.pre_nms_topk = (1000, 500)
 rpn.post_nms_topk = (256, 100)
@@ -59,7 +59,7 @@ roi = model.roi_heads
 roi.num_classes = 3
 roi.batch_size_per_image = 64
 roi.box_in_features = roi.mask_in_features = LEVELS
-roi.box_pooler.scales = roi.mask_pooler.scales = SCALES
+roi.box_pooler.scales = roi.mask_pooler.scales = [1.0 / s for s in STRIDES]
 roi.box_pooler.sampling_ratio = 1
 roi.box_head.input_shape = ShapeSpec(channels=C, height=7, width=7)
 roi.box_head.fc_dims = [256, 256]

@@ -68,13 +68,10 @@ class D2RegCheckpointer(DetectionCheckpointer):
         self._loading: Optional[str] = None
 
     # -------------------------------------------------------------------------------- saving
-    def _vit_backbones(self) -> List[Tuple[str, torch.nn.Module]]:
-        return list(vit_backbones(self.model))
-
     def _omitted(self) -> Dict[str, Tuple[torch.nn.Module, List[str]]]:
         """{backbone name: (backbone, ViT-local keys to leave out)} for the backbones that omit frozen tensors."""
         out = {}
-        for name, b in self._vit_backbones():
+        for name, b in vit_backbones(self.model):
             if (b.save_frozen if self.save_frozen is None else self.save_frozen):
                 continue
             trainable = {n for n, p in b.vit.named_parameters() if p.requires_grad}
@@ -189,7 +186,7 @@ class D2RegCheckpointer(DetectionCheckpointer):
     def _check_omitted(self, omitted: dict) -> None:
         """The model must hold the frozen tensors the checkpoint left out: same backbones, each built
         from a weights file, tensors matching the saved fingerprints."""
-        backbones = dict(self._vit_backbones())
+        backbones = dict(vit_backbones(self.model))
         own = self.model.state_dict()
         for bname, rec in omitted.items():
             b = backbones.get(bname)
