@@ -239,6 +239,7 @@ def test_demo_tool_time_budget(tiny_synth, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "plan after 10 iterations" in out and "-> 10 iterations (budget: fewer than the tuned 40)" in out
     assert "10 of 40 iterations" in out and "NOTE: the time budget allowed 10 of the tuned 40" in out
+    assert "so AP is lower than the recipe's" in out
     assert "CPU: " in out
     res = results.get("d2reg_synth_val", results)
     assert "bbox" in res and "segm" in res

@@ -107,8 +107,8 @@ def main(argv=None):
         print(f"[demo] budget {args.time_budget:g} min: " + (f"EXCEEDED by {over:.0f} s" if over > 0 else "kept"))
     if trainer.iter < cfg.SOLVER.MAX_ITER:
         print(f"[demo] NOTE: the time budget allowed {trainer.iter} of the tuned {cfg.SOLVER.MAX_ITER} iterations "
-              f"on this machine, so AP is lower than the recipe's (raise --time-budget, or --time-budget 0 "
-              f"for the full run)")
+              f"on this machine, so {'AP' if args.task == 'instance' else 'mIoU'} is lower than the recipe's "
+              f"(raise --time-budget, or --time-budget 0 for the full run)")
     print(f"[demo] predictions: {png}")
     return results
 
