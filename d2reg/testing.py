@@ -13,6 +13,7 @@ from typing import Dict
 import torch
 
 from .checkpoint.dinov2 import HF_EMBEDDING_KEYS, HF_LAYER_RENAMES, official_to_timm, split_qkv_for_hf
+from .extras import require
 from .vit import PRETRAIN_IMG_SIZE, PRETRAIN_PATCH_SIZE, get_arch, swiglu_hidden_features
 
 __all__ = ["TINY_ARCH", "TINY_DEEP_ARCH", "TINY_IMG", "TINY_TRAIN_ARCH", "hf_saved_state_dict", "official_to_hf_model",
@@ -86,8 +87,7 @@ def random_official_state_dict(
 
 def official_to_hf_model(sd: Dict[str, torch.Tensor], num_heads: int, img_size: int = PRETRAIN_IMG_SIZE):
     """A ``transformers`` Dinov2(WithRegisters)Model holding the weights of official-layout ``sd``."""
-    import transformers
-
+    transformers = require("transformers", "official_to_hf_model (Hugging Face test checkpoints)")
     D = sd["cls_token"].shape[-1]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     regs = sd.get("register_tokens")

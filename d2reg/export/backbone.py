@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..extras import require
 from ..modeling.vit_backbone import ViTBackbone
 from ..solver import find_vit_backbone
 
@@ -85,8 +86,7 @@ class _Outputs(nn.Module):
 
 def onnx_input_dims(path: str) -> List[List[object]]:
     """Per graph input, its dimensions: ints for fixed sizes, names (str) for dynamic ones."""
-    import onnx
-
+    onnx = require("onnx", "reading an ONNX graph")
     model = onnx.load(path, load_external_data=False)
     return [[d.dim_param if d.dim_param else d.dim_value for d in i.type.tensor_type.shape.dim]
             for i in model.graph.input]
@@ -117,6 +117,7 @@ def export_backbone(backbone: nn.Module, path: str, *, static_size: Optional[Tup
     names = list(backbone.output_shape())
     notes: List[str] = []
     was_training = backbone.training
+    require("onnxscript", "export_backbone (torch.onnx.export(dynamo=True))")
     wrapper = _Outputs(backbone, names).eval()
     try:
         if static_size is not None:

@@ -25,6 +25,7 @@ from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema, S
 from detectron2.modeling import GeneralizedRCNN, SemanticSegmentor
 from torch import nn
 
+from ..extras import require
 from .backbone import ExportError, ExportResult, require_vit_backbone
 
 __all__ = ["DEFAULT_MODEL_OPSET", "export_model", "model_adapter"]
@@ -92,6 +93,7 @@ def export_model(model: nn.Module, path: str, *, example_size: Tuple[int, int] =
     example = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0)) * 255
     was_training = model.training
     try:
+        require("onnx", "export_model (torch.onnx.export)")
         adapter, names = model_adapter(model, example)
         dynamic_axes = None
         if not static:

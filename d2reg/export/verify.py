@@ -16,6 +16,7 @@ from detectron2.layers import paste_masks_in_image
 from detectron2.structures import Boxes, pairwise_iou
 from torch import nn
 
+from ..extras import require
 from .model import model_adapter
 
 __all__ = ["VerifyRow", "default_verify_sizes", "format_report", "ort_session", "verify_backbone", "verify_model"]
@@ -38,8 +39,7 @@ class VerifyRow:
 
 def ort_session(path: str):
     """An onnxruntime CPU session for ``path``."""
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", "verifying an ONNX export")
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 

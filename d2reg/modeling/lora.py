@@ -14,6 +14,10 @@ Two timm details are handled here:
   adds the bias after (the same sum), so the adapted blocks are switched to it (and back on merge).
 - d2reg's DINOv3 windowed attention also applies ``qkv.weight`` directly: LoRA on the ``qkv`` of a
   windowed DINOv3 block is refused (the other targets and the DINOv2 windowed blocks are fine).
+
+peft is the optional ``[lora]`` extra: it is imported by :func:`add_lora` only. A model can hold peft
+layers only once peft has been imported, so the helpers that look for them (:func:`without_lora`, used
+by every weight load, and :func:`merge_lora`) never import it themselves.
 """
 from __future__ import annotations
 
@@ -23,10 +27,9 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 from timm.models.eva import EvaAttention
 
+from ..extras import is_imported, require
 from ..vit import resolve_block_indices
 from ..vit.dinov3 import DINOv3WindowedAttention
 
@@ -91,10 +94,12 @@ def add_lora(vit: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float 
                 "attention applies qkv.weight directly). Leave those blocks out of lora blocks, or use targets "
                 "without 'qkv'."
             )
+    peft = require("peft", f"lora={dict(rank=spec['rank'], targets=list(spec['targets']))}")
+    BaseTunerLayer = _base_tuner_layer()
     regex = lora_target_regex(take, spec["targets"])
-    config = LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
+    config = peft.LoraConfig(r=spec["rank"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
                         target_modules=regex, bias="none")
-    inject_adapter_in_model(config, vit)
+    peft.inject_adapter_in_model(config, vit)
     names = [n for n, m in vit.named_modules() if isinstance(m, BaseTunerLayer)]
     missing = [t for t in spec["targets"] if not any(re.search(LORA_TARGETS[t] + "$", n) for n in names)]
     if missing:
@@ -111,8 +116,18 @@ def lora_parameter_names(module: nn.Module) -> List[str]:
     return [n for n, _ in module.named_parameters() if ".lora_A." in n or ".lora_B." in n]
 
 
+def _base_tuner_layer():
+    """peft's ``BaseTunerLayer``, or None while peft has not been imported (then no peft layer exists)."""
+    if not is_imported("peft"):
+        return None
+    return require("peft.tuners.tuners_utils", "LoRA").BaseTunerLayer
+
+
 def _tuner_layers(module: nn.Module) -> Iterator[tuple]:
     """(parent, attribute, layer) of every peft layer in ``module`` (none nested inside another)."""
+    BaseTunerLayer = _base_tuner_layer()
+    if BaseTunerLayer is None:
+        return
     for name, layer in list(module.named_modules()):
         if isinstance(layer, BaseTunerLayer):
             parent_name, _, attr = name.rpartition(".")
