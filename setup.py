@@ -14,6 +14,7 @@ setup(
     version="0.1.0",
     description="DINOv2-with-registers ViT backbones for detectron2 (ViTDet-style simple feature pyramid)",
     packages=find_packages(include=["d2reg", "d2reg.*"]),
+    license="Apache-2.0",  # d2reg's code; the DINOv3 weights stay under the DINOv3 License (README)
     python_requires=">=3.11",
     install_requires=[
         "torch>=2.14",
