@@ -35,8 +35,6 @@ from ..checkpoint import (
     read_state_dict,
     unwrap_state_dict,
 )
-from ..checkpoint.dinov3 import timm_to_hf
-from ..checkpoint.eomt import check_eomt_heads, detect_eomt_layout, is_dinov3_lightning, split_eomt_state_dict
 from ..checkpoint.errors import short_list
 from ..modeling.lora import to_lora_keys, without_lora
 from ..solver import find_vit_backbone, vit_backbones
@@ -120,17 +118,15 @@ class D2RegCheckpointer(DetectionCheckpointer):
         self._loading = filename
         if filename.endswith(".pkl") or filename.endswith(".pyth"):
             return super()._load_file(filename)
-        if filename.endswith((".safetensors", ".bin", ".ckpt")):  # .ckpt: official EoMT Lightning files
+        if filename.endswith((".safetensors", ".bin")):
             loaded = {"model": read_state_dict(filename)}
         else:
             loaded = super()._load_file(filename)
         weights = loaded.get("model")
         if not isinstance(weights, dict) or OMITTED_KEY in loaded:
             return loaded  # (a model saved without its frozen ViT tensors is loaded as is)
-        raw = unwrap_state_dict(weights)
-        if detect_eomt_layout(raw) is not None:
-            return self._load_eomt(filename, raw)
         try:
+            raw = unwrap_state_dict(weights)
             family, fmt, _ = detect(raw)
         except CheckpointError:
             return loaded  # not a d2reg family's layout: plain detectron2 loading (and the no-match check)
@@ -160,38 +156,6 @@ class D2RegCheckpointer(DetectionCheckpointer):
             "initialisation.", filename, info.describe(), len(converted), prefix, info.patch_size, backbone.patch_size,
         )
         return {"model": {prefix + k: v for k, v in converted.items()}, "__author__": f"d2reg ({fmt} layout)"}
-
-    def _load_eomt(self, filename: str, raw) -> dict:
-        """An official EoMT (Lightning / transformers) checkpoint -> the model's EoMT keys (backbone through
-        the family pipeline, fitted to the model; DINOv3 deltas added to the backbone's ``weights`` file)."""
-        name, backbone = find_vit_backbone(self.model)
-        if backbone is None or not hasattr(self.model, "q"):
-            raise CheckpointError(f"{filename!r} is an official EoMT checkpoint, but the model is not a d2reg EoMT "
-                                  "(MODEL.META_ARCHITECTURE EoMT) with a d2reg ViT backbone.")
-        base = None
-        if detect_eomt_layout(raw) == "lightning" and is_dinov3_lightning(raw) and getattr(backbone, "weights", None):
-            base_sd, _ = convert_state_dict(read_state_dict(backbone.weights), backbone.weights, "dinov3")
-            base = timm_to_hf(base_sd)
-        bb, heads, layout = split_eomt_state_dict(raw, base=base)
-        check_eomt_heads(heads, self.model, filename)
-        family, fmt, _ = detect(bb)
-        if backbone.checkpoint_family != family:
-            raise CheckpointError(
-                f"{filename!r} is an EoMT checkpoint on a {family} ViT, but the model's backbone is "
-                f"{type(backbone).__name__} ({backbone.checkpoint_family}): set MODEL.D2REG.FAMILY {family}.")
-        sd, info = convert_state_dict(bb, filename, family)
-        fit_kwargs = dict(backbone.fit_kwargs)
-        if self.patch_resize is not None:
-            fit_kwargs["patch_resize"] = self.patch_resize
-        with without_lora(backbone.vit):
-            converted = fit_state_dict(sd, info, backbone.vit, **fit_kwargs)
-        vit_prefix = f"{name}.vit." if name else "vit."
-        top = name[: -len("backbone")] if name.endswith("backbone") else ""
-        model = {vit_prefix + k: v for k, v in converted.items()}
-        model.update({top + k: v for k, v in heads.items()})
-        self.logger.info("d2reg: %s is an official EoMT checkpoint (%s layout, %s); loading %d backbone and %d "
-                         "EoMT tensors.", filename, layout, info.describe(), len(converted), len(heads))
-        return {"model": model, "__author__": f"d2reg (EoMT {layout} layout)"}
 
     def _load_model(self, checkpoint):
         omitted = checkpoint.pop(OMITTED_KEY, None)
