@@ -44,17 +44,14 @@ CHILD = textwrap.dedent(
     import importlib
     import io
     import json
-    import pkgutil
     import runpy
-    import traceback
     from pathlib import Path
 
     repo = Path(sys.argv[1])
     sys.path.insert(0, str(repo / "tests"))
-    failures, counts = {}, {}
+    from _child import fmt, import_submodules
 
-    def fmt(exc):
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-3000:]
+    failures, counts = {}, {}
 
     for name in sorted(REFUSED):  # the blocker works
         try:
@@ -65,13 +62,7 @@ CHILD = textwrap.dedent(
 
     import d2reg
 
-    counts["modules"] = 0
-    for info in pkgutil.walk_packages(d2reg.__path__, "d2reg."):
-        try:
-            importlib.import_module(info.name)
-            counts["modules"] += 1
-        except BaseException as e:  # noqa: BLE001
-            failures[info.name] = fmt(e)
+    counts["modules"] = import_submodules(d2reg, failures)
 
     import pytest
     import test_configs as tc  # the every-config builds, run here without the extras

@@ -40,16 +40,14 @@ CHILD = textwrap.dedent(
 
     import importlib
     import json
-    import pkgutil
-    import traceback
     from pathlib import Path
 
     repo = Path(sys.argv[1])
     sys.path.insert(0, str(repo))
-    failures, counts = {}, {}
+    sys.path.insert(0, str(repo / "tests"))
+    from _child import fmt, import_submodules
 
-    def fmt(exc):
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-3000:]
+    failures, counts = {}, {}
 
     def pkg_resources_failure(exc):
         """The traceback if ``exc`` (or what caused it) is the refused pkg_resources, else None."""
@@ -72,15 +70,7 @@ CHILD = textwrap.dedent(
 
     # every d2reg module (a module failing for another reason, e.g. an optional dependency, is not
     # this test's business; only pkg_resources counts)
-    counts["modules"] = 0
-    for info in pkgutil.walk_packages(d2reg.__path__, "d2reg."):
-        try:
-            importlib.import_module(info.name)
-            counts["modules"] += 1
-        except BaseException as e:  # noqa: BLE001
-            tb = pkg_resources_failure(e)
-            if tb:
-                failures[info.name] = tb
+    counts["modules"] = import_submodules(d2reg, failures, report=pkg_resources_failure)
 
     from detectron2.config import LazyConfig, get_cfg
 
