@@ -1,13 +1,14 @@
 """d2reg: DINOv2(-with-registers) and DINOv3 ViT backbones for detectron2.
 
 Importing d2reg registers ``build_d2reg_sfp_backbone`` and ``build_d2reg_vit_backbone`` in detectron2's
-``BACKBONE_REGISTRY`` and ``LinearSemSegHead`` in ``SEM_SEG_HEADS_REGISTRY``.
+``BACKBONE_REGISTRY`` and ``LinearSemSegHead`` in ``SEM_SEG_HEADS_REGISTRY`` and ``EoMT`` in ``META_ARCH_REGISTRY``.
 """
 from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, load_dinov2_checkpoint
 from .config import add_d2reg_config
 from .modeling import (
     DINOv2Backbone,
     DINOv3Backbone,
+    EoMT,
     LinearSemSegHead,
     MultiLayerFeaturePyramid,
     MultiLayerReader,
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointInfo",
     "DINOv2Backbone",
     "DINOv3Backbone",
+    "EoMT",
     "LinearSemSegHead",
     "MultiLayerFeaturePyramid",
     "MultiLayerReader",

@@ -72,11 +72,36 @@ def add_d2reg_config(cfg: CN) -> CN:
     c.SFP.BLOCK_NORM = "ln"  # "ln" (a LayerNorm per block) | "final" (the ViT's, FINAL_NORM True) | "none"
     c.SFP.PROJECT = False  # concat: 1x1 conv from k*C down to C before the branches (wide ViTs)
     # --- end multi-layer pyramid ---
+    _add_eomt_config(cfg)
     if "OPTIMIZER" not in cfg.SOLVER:
         cfg.SOLVER.OPTIMIZER = "SGD"  # detectron2's behaviour; "ADAMW" for the ViTDet recipes
     if "BETAS" not in cfg.SOLVER:
         cfg.SOLVER.BETAS = (0.9, 0.999)  # AdamW betas
     return cfg
+
+
+def _add_eomt_config(cfg: CN) -> None:
+    """``cfg.MODEL.EOMT.*``: the :class:`d2reg.EoMT` kwargs (``META_ARCHITECTURE "EoMT"``; the backbone
+    comes from ``MODEL.D2REG.*``) and ``cfg.SOLVER.EOMT.*`` (its mask annealing and warm-up)."""
+    cfg.MODEL.EOMT = e = CN()
+    e.TASK = "panoptic"  # "panoptic" | "instance" | "semantic"
+    e.NUM_CLASSES = 133
+    e.NUM_QUERIES = 200
+    e.NUM_BLOCKS = 0  # the query blocks; 0: EoMT's value for ARCH (3 S/B, 4 L, 5 g)
+    e.INPUT_SIZE = 640  # inference: resize + pad square (panoptic, instance) / window side (semantic)
+    e.MASKED_ATTN = True
+    e.LOSS = CN()
+    e.LOSS.CLASS_WEIGHT = 2.0
+    e.LOSS.MASK_WEIGHT = 5.0
+    e.LOSS.DICE_WEIGHT = 5.0
+    e.LOSS.NO_OBJECT_WEIGHT = 0.1
+    e.LOSS.NUM_POINTS = 12544
+    e.LOSS.OVERSAMPLE_RATIO = 3.0
+    e.LOSS.IMPORTANCE_SAMPLE_RATIO = 0.75
+    e.TEST = CN()
+    e.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    e.TEST.OVERLAP_THRESHOLD = 0.8
+    e.TEST.TOPK = 100
 
 
 def resolve_recipe(cfg: CN) -> CN:
