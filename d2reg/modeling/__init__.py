@@ -1,6 +1,6 @@
 """detectron2 modules: the family backbones, the simple and multi-layer feature pyramids, the linear
-sem-seg head, the EoMT meta-architecture (which reads several blocks with the multi-layer pyramid's reader), each YACS builder
-beside its class. Builds on :mod:`d2reg.vit` and :mod:`d2reg.checkpoint`."""
+sem-seg head (which reads several blocks with the multi-layer pyramid's reader), the EoMT
+meta-architecture, each YACS builder beside its class. Builds on :mod:`d2reg.vit` and :mod:`d2reg.checkpoint`."""
 from .backbone import DINOv2Backbone
 from .dinov3_backbone import DINOv3Backbone
 from .eomt import EOMT_TASKS, EoMT, ScaleBlock, default_num_blocks

@@ -169,7 +169,8 @@ class EoMT(nn.Module):
         self.register_buffer("attn_mask_probs", torch.ones(num_blocks))
         self.q = nn.Embedding(num_queries, dim)
         self.class_head = nn.Linear(dim, num_classes + 1)
-        self.mask_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.mask_head = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.upscale = nn.Sequential(*[ScaleBlock(dim) for _ in range(max(1, int(math.log2(patch)) - 2))])
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
@@ -197,7 +198,7 @@ class EoMT(nn.Module):
         thing_ids = None
         if cfg.DATASETS.TEST and c.TASK == "panoptic":
             meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-            if hasattr(meta, "thing_dataset_id_to_contiguous_id") and hasattr(meta, "stuff_dataset_id_to_contiguous_id"):
+            if hasattr(meta, "stuff_dataset_id_to_contiguous_id"):  # a panoptic set: things and stuff
                 thing_ids = sorted(meta.thing_dataset_id_to_contiguous_id.values())
         return dict(
             backbone=vit_backbone_from_config(cfg),
