@@ -35,6 +35,7 @@ from ..checkpoint import (
     read_state_dict,
     unwrap_state_dict,
 )
+from ..checkpoint.eomt import add_delta, check_eomt_heads, delta_heads, detect_eomt_layout, split_eomt_state_dict
 from ..checkpoint.errors import short_list
 from ..modeling.lora import to_lora_keys, without_lora
 from ..solver import find_vit_backbone, vit_backbones
@@ -118,15 +119,17 @@ class D2RegCheckpointer(DetectionCheckpointer):
         self._loading = filename
         if filename.endswith(".pkl") or filename.endswith(".pyth"):
             return super()._load_file(filename)
-        if filename.endswith((".safetensors", ".bin")):
+        if filename.endswith((".safetensors", ".bin", ".ckpt")):  # .ckpt: official EoMT (Lightning) files
             loaded = {"model": read_state_dict(filename)}
         else:
             loaded = super()._load_file(filename)
         weights = loaded.get("model")
         if not isinstance(weights, dict) or OMITTED_KEY in loaded:
             return loaded  # (a model saved without its frozen ViT tensors is loaded as is)
+        raw = unwrap_state_dict(weights)
+        if detect_eomt_layout(raw) is not None:
+            return self._load_eomt(filename, raw)
         try:
-            raw = unwrap_state_dict(weights)
             family, fmt, _ = detect(raw)
         except CheckpointError:
             return loaded  # not a d2reg family's layout: plain detectron2 loading (and the no-match check)
@@ -145,17 +148,51 @@ class D2RegCheckpointer(DetectionCheckpointer):
                 f"file, or build the {family} backbone (MODEL.D2REG.FAMILY {family})."
             )
         sd, info = convert_state_dict(raw, filename, family)
-        fit_kwargs = dict(backbone.fit_kwargs)
-        if self.patch_resize is not None:
-            fit_kwargs["patch_resize"] = self.patch_resize
-        with without_lora(backbone.vit):  # a pre-trained file fits the plain layers; to_lora_keys renames after
-            converted = fit_state_dict(sd, info, backbone.vit, **fit_kwargs)
+        converted = self._fit_backbone(backbone, sd, info)
         prefix = f"{name}.vit." if name else "vit."
         self.logger.info(
             "d2reg: %s is %s; loading %d tensors into %s* (patch %d -> %d); the rest of the model keeps its "
             "initialisation.", filename, info.describe(), len(converted), prefix, info.patch_size, backbone.patch_size,
         )
         return {"model": {prefix + k: v for k, v in converted.items()}, "__author__": f"d2reg ({fmt} layout)"}
+
+    def _fit_backbone(self, backbone, sd, info) -> Dict[str, torch.Tensor]:
+        fit_kwargs = dict(backbone.fit_kwargs)
+        if self.patch_resize is not None:
+            fit_kwargs["patch_resize"] = self.patch_resize
+        with without_lora(backbone.vit):  # a pre-trained file fits the plain layers; to_lora_keys renames after
+            return fit_state_dict(sd, info, backbone.vit, **fit_kwargs)
+
+    def _load_eomt(self, filename: str, raw: Dict[str, torch.Tensor]) -> dict:
+        """An official EoMT checkpoint (Lightning / transformers) -> the d2reg ``EoMT``'s keys: the ViT through
+        the family pipeline and fitted to the backbone; a DINOv3 delta added to the backbone's ``weights``."""
+        name, backbone = find_vit_backbone(self.model)
+        if backbone is None or not hasattr(self.model, "attn_mask_probs"):
+            raise CheckpointError(f"{filename!r} is an official EoMT checkpoint, but the model is not a d2reg EoMT "
+                                  "(MODEL.META_ARCHITECTURE EoMT; LazyConfig L(EoMT)) with a d2reg ViT backbone.")
+        vit, heads, layout, is_delta = split_eomt_state_dict(raw)
+        check_eomt_heads(heads, self.model.state_dict(), repr(filename))
+        family, fmt, _ = detect(vit)
+        if backbone.checkpoint_family != family:
+            raise CheckpointError(
+                f"{filename!r} is an EoMT checkpoint of a {family} ViT, but the model's backbone is "
+                f"{type(backbone).__name__} ({backbone.checkpoint_family}): set MODEL.D2REG.FAMILY {family}.")
+        sd, info = convert_state_dict(vit, filename, family)
+        if is_delta:
+            if not getattr(backbone, "weights", None):
+                raise CheckpointError(
+                    f"{filename!r} stores its ViT as a delta over the DINOv3 weights (as the official DINOv3 EoMT "
+                    "releases do): build the backbone with the DINOv3 file it was trained from "
+                    "(MODEL.D2REG.WEIGHTS; LazyConfig model.backbone.weights), then load the EoMT checkpoint.")
+            base, _ = convert_state_dict(read_state_dict(backbone.weights), backbone.weights, family)
+            sd, heads = add_delta(sd, base), delta_heads(heads)
+        converted = self._fit_backbone(backbone, sd, info)
+        model = {f"{name}.vit.{k}": v for k, v in converted.items()}
+        model.update(heads)
+        self.logger.info("d2reg: %s is an official EoMT checkpoint (%s layout%s, %s); loading %d ViT and %d EoMT "
+                         "tensors.", filename, layout, ", a delta over " + backbone.weights if is_delta else "",
+                         info.describe(), len(converted), len(heads))
+        return {"model": model, "__author__": f"d2reg (EoMT {layout} layout)"}
 
     def _load_model(self, checkpoint):
         omitted = checkpoint.pop(OMITTED_KEY, None)
