@@ -61,10 +61,15 @@ from detectron2.utils.registry import locate
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "EOMT_RECIPES",
     "RECIPES",
+    "EoMTRecipe",
     "Recipe",
     "backbone_family",
     "drop_path_rate",
+    "eomt_annealing_windows",
+    "eomt_max_iter",
+    "get_eomt_recipe",
     "get_recipe",
     "layer_decay",
     "official_checkpoint",
@@ -144,3 +149,74 @@ def backbone_family(backbone) -> str:
     if not family:
         raise ValueError(f"{backbone!r} is no d2reg family backbone (no checkpoint_family).")
     return family
+
+
+# ----------------------------------------------------------------------------------------------- EoMT
+class EoMTRecipe(NamedTuple):
+    """The official EoMT training recipe of one (family, task) (tue-mps/eomt ``configs/`` and the
+    ``MaskClassification*`` defaults; batch 16 everywhere)."""
+    lr: float
+    llrd: float  # official layer-wise lr decay: block i ``llrd ** (depth - 1 - i)``, stem as block 0
+    decay_query_blocks: bool  # official ``llrd_l2_enabled``: False = the query blocks at full lr
+    warmup_iters: tuple  # (heads first, then the ViT), iterations at batch 16
+    num_queries: int
+    input_size: int
+    epochs: int
+    dataset_images: int  # training images (one epoch at batch 16 = dataset_images // 16 iterations)
+    anneal_span: tuple  # (start, end) of the annealing windows, fractions of the schedule
+    first_block_at_warmup: bool  # DINOv3: the first query block anneals over [0, ViT warm-up length]
+
+
+_COCO, _ADE = 118287, 20210
+EOMT_RECIPES = {
+    ("dinov2", "coco"): EoMTRecipe(1e-4, 0.8, True, (500, 1000), 200, 640, 12, _COCO, (1 / 6, 5 / 6), False),
+    ("dinov2", "ade20k"): EoMTRecipe(1e-4, 0.8, True, (500, 1000), 100, 512, 31, _ADE, (1 / 6, 5 / 6), False),
+    ("dinov3", "coco"): EoMTRecipe(2e-4, 0.8, False, (2000, 3000), 200, 640, 12, _COCO, (1 / 6, 5 / 6), True),
+    # official: llrd 1.0 and lr_mult 0.1, which its optimizer code never applies (the lr_mult branch is an
+    # unreachable elif): every ViT parameter trains at the full lr; its windows 6520..16300 of ~20208 steps
+    ("dinov3", "ade20k"): EoMTRecipe(2e-4, 1.0, False, (2000, 3000), 100, 512, 16, _ADE, (0.3226, 0.8066), True),
+}
+
+
+def get_eomt_recipe(family: str, dataset: str) -> EoMTRecipe:
+    """The official EoMT recipe of ``(family, dataset)`` ("coco" for panoptic / instance, "ade20k")."""
+    try:
+        return EOMT_RECIPES[(family, dataset)]
+    except KeyError:
+        raise KeyError(f"d2reg has no EoMT recipe for {family}/{dataset} (known: "
+                       f"{', '.join(f'{f}/{d}' for f, d in EOMT_RECIPES)}).") from None
+
+
+def eomt_max_iter(family: str, dataset: str, ims_per_batch: int = 16, epochs: Optional[float] = None) -> int:
+    """Iterations of the official schedule (its epochs, or ``epochs``) at ``ims_per_batch`` images per step."""
+    r = get_eomt_recipe(family, dataset)
+    return int(round((r.epochs if epochs is None else epochs) * r.dataset_images / ims_per_batch))
+
+
+def eomt_annealing_windows(num_blocks: int, max_iter: int, family: str = "dinov2", dataset: str = "coco",
+                           vit_warmup_iters: Optional[int] = None):
+    """Per query block ``(start, end)`` iterations of the mask annealing (keep probability 1 before start,
+    ``(1 - progress) ** 0.9`` inside, 0 after), with the official shape at any schedule length.
+
+    The official windows, written as fractions of their schedule, are equal-length windows whose starts
+    are evenly spaced across ``anneal_span`` (DINOv2: 1/6 .. 5/6 of training, each 1/6 long: e.g. ViT-L's
+    14782..73910 of 88692 steps; S/B 3 blocks, g 5 the same way). DINOv3 anneals its first query block
+    during the ViT warm-up instead (official [0, 3000], its ViT warm-up length; here
+    ``vit_warmup_iters``, default the recipe's) and, on COCO, keeps the DINOv2 windows of the other
+    blocks; on ADE20k the other blocks tile the span. Returns ``(starts, ends)``, lists of ints."""
+    r = get_eomt_recipe(family, dataset)
+    lo, hi = r.anneal_span
+    first = None
+    spread = num_blocks
+    if r.first_block_at_warmup:
+        first = (0, r.warmup_iters[1] if vit_warmup_iters is None else vit_warmup_iters)
+        spread = num_blocks if dataset == "coco" else num_blocks - 1
+    length = (1 / 6) if spread == num_blocks else (hi - lo) / max(spread, 1)
+    step = (hi - lo - length) / (spread - 1) if spread > 1 else 0.0
+    windows = [(lo + i * step, lo + i * step + length) for i in range(spread)]
+    if first is not None:
+        windows = windows[1:] if spread == num_blocks else windows
+    frac = [(round(a * max_iter), round(b * max_iter)) for a, b in windows]
+    if first is not None:
+        frac = [first] + frac
+    return [a for a, _ in frac], [b for _, b in frac]

@@ -41,6 +41,7 @@ from .eomt_inference import (
     semantic_windows,
     unpad_and_resize,
 )
+from .eomt_loss import EoMTCriterion
 from .families import vit_backbone_from_config
 from .vit_backbone import ViTBackbone
 from .window import WindowedAttention
@@ -182,8 +183,6 @@ class EoMT(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        from .eomt_loss import EoMTCriterion
-
         c = cfg.MODEL.EOMT
         if not cfg.MODEL.D2REG.FINAL_NORM or list(cfg.MODEL.D2REG.OUT_INDICES) != [-1]:
             cfg = cfg.clone()
