@@ -348,6 +348,11 @@ def test_evaluator_end_to_end(tmp_path, registered, hand_files):
             seg[torch.from_numpy(ids == sid)] = CONTIGUOUS[cat] * 1000 + k
         label_div.append({"panoptic_seg": (seg, None)})
     assert run_evaluator(evaluator, inputs, label_div)["panoptic_seg"] == pytest.approx(perfect["panoptic_seg"])
+    tensor_bools = model_outputs(gt)  # isthing as numpy / torch booleans (detectron2 alone: stuff, KeyError)
+    for out, kind in zip(tensor_bools, (np.bool_, torch.tensor)):
+        for info in out["panoptic_seg"][1]:
+            info["isthing"] = kind(info["isthing"])
+    assert run_evaluator(evaluator, inputs, tensor_bools)["panoptic_seg"] == pytest.approx(perfect["panoptic_seg"])
 
 
 def test_build_panoptic_evaluator(registered):

@@ -322,8 +322,15 @@ class D2RegPanopticEvaluator(COCOPanopticEvaluator):
     ``process(inputs, outputs)``: ``inputs`` are the data set dicts (``file_name``, ``image_id``), each
     output has ``"panoptic_seg": (seg, segments_info)`` with ``seg`` an (H, W) int32 tensor of segment
     ids (0: VOID) and ``segments_info`` ``[{"id", "category_id" (contiguous), "isthing" (bool)}]`` (or
-    ``None`` with ``category * label_divisor + instance`` ids, -1 VOID), as for detectron2's evaluator.
+    ``None`` with ``category * label_divisor + instance`` ids, -1 VOID), as for detectron2's evaluator;
+    unlike detectron2's, ``isthing`` may also be a numpy / torch boolean.
     """
+
+    def _convert_category_id(self, segment_info):
+        # detectron2 tests ``isthing is True``: a numpy / torch boolean (or 1) would be taken for stuff
+        if segment_info.get("isthing") is not None:
+            segment_info["isthing"] = bool(segment_info["isthing"])
+        return super()._convert_category_id(segment_info)
 
     def process(self, inputs, outputs):
         with _panopticapi_or_d2reg():
