@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-from .recipes import drop_path_rate, layer_decay, official_checkpoint
+from .recipes import (
+    default_num_blocks,
+    drop_path_rate,
+    eomt_annealing_windows,
+    eomt_max_iter,
+    get_eomt_recipe,
+    layer_decay,
+    official_checkpoint,
+)
 
 __all__ = ["OFFICIAL_WEIGHTS", "add_d2reg_config", "resolve_recipe"]
 
@@ -82,14 +90,22 @@ def add_d2reg_config(cfg: CN) -> CN:
 
 def _add_eomt_config(cfg: CN) -> None:
     """``cfg.MODEL.EOMT.*``: the :class:`d2reg.EoMT` kwargs (``META_ARCHITECTURE "EoMT"``; the backbone
-    comes from ``MODEL.D2REG.*``) and ``cfg.SOLVER.EOMT.*`` (its mask annealing and warm-up)."""
+    comes from ``MODEL.D2REG.*``), its mask annealing and ``cfg.SOLVER.EOMT.*`` (two-stage warm-up, poly
+    schedule). Values 0 / -1 / [] are the official recipe's (:data:`d2reg.recipes.EOMT_RECIPES`, by
+    ``MODEL.D2REG.FAMILY`` and the task: "semantic" -> ADE20k's, else COCO's), resolved by
+    :func:`resolve_recipe`; so are ``SOLVER.BASE_LR`` / ``SOLVER.MAX_ITER`` / ``MODEL.D2REG.LR_DECAY`` -1."""
     cfg.MODEL.EOMT = e = CN()
     e.TASK = "panoptic"  # "panoptic" | "instance" | "semantic"
     e.NUM_CLASSES = 133
-    e.NUM_QUERIES = 200
+    e.NUM_QUERIES = 0  # 0: the recipe's (200 COCO, 100 ADE20k)
     e.NUM_BLOCKS = 0  # the query blocks; 0: EoMT's value for ARCH (3 S/B, 4 L, 5 g)
-    e.INPUT_SIZE = 640  # inference: resize + pad square (panoptic, instance) / window side (semantic)
+    e.INPUT_SIZE = 0  # inference: resize + pad square (panoptic, instance) / window side (semantic); 0: recipe's
     e.MASKED_ATTN = True
+    e.ANNEAL = CN()
+    e.ANNEAL.ENABLED = True
+    e.ANNEAL.STARTS = []  # per query block, iterations; []: the recipe's windows scaled to SOLVER.MAX_ITER
+    e.ANNEAL.ENDS = []
+    e.ANNEAL.POWER = 0.9
     e.LOSS = CN()
     e.LOSS.CLASS_WEIGHT = 2.0
     e.LOSS.MASK_WEIGHT = 5.0
@@ -102,6 +118,9 @@ def _add_eomt_config(cfg: CN) -> None:
     e.TEST.OBJECT_MASK_THRESHOLD = 0.8
     e.TEST.OVERLAP_THRESHOLD = 0.8
     e.TEST.TOPK = 100
+    cfg.SOLVER.EOMT = CN()
+    cfg.SOLVER.EOMT.WARMUP_ITERS = []  # (heads, then the ViT); []: the recipe's (500, 1000) / DINOv3 (2000, 3000)
+    cfg.SOLVER.EOMT.POLY_POWER = 0.9
 
 
 def resolve_recipe(cfg: CN) -> CN:
@@ -122,14 +141,45 @@ def resolve_recipe(cfg: CN) -> CN:
         resolved["WEIGHTS"] = official_checkpoint(c.ARCH, c.NUM_REGISTER_TOKENS, family)
     if c.DROP_PATH_RATE < 0:
         resolved["DROP_PATH_RATE"] = drop_path_rate(c.ARCH, family)
+    eomt = cfg.MODEL.META_ARCHITECTURE == "EoMT"
     if c.LR_DECAY < 0:
-        resolved["LR_DECAY"] = layer_decay(c.ARCH, family)
+        resolved["MODEL.D2REG.LR_DECAY"] = (get_eomt_recipe(family, _eomt_dataset(cfg)).llrd if eomt
+                                            else layer_decay(c.ARCH, family))
+    if eomt:
+        resolved.update(_resolve_eomt(cfg, family))
     if not resolved:
         return cfg
     out = cfg.clone()
     out.defrost()
-    for key, value in resolved.items():
-        setattr(out.MODEL.D2REG, key, value)
+    out.merge_from_list([x for kv in resolved.items() for x in kv])
     if cfg.is_frozen():
         out.freeze()
+    return out
+
+
+def _eomt_dataset(cfg: CN) -> str:
+    return "ade20k" if cfg.MODEL.EOMT.TASK == "semantic" else "coco"
+
+
+def _resolve_eomt(cfg: CN, family: str) -> dict:
+    """The EoMT placeholders (see :func:`_add_eomt_config`) -> the recipe's values, as full key names."""
+    e, s = cfg.MODEL.EOMT, cfg.SOLVER
+    r = get_eomt_recipe(family, _eomt_dataset(cfg))
+    out = {}
+    if e.NUM_QUERIES <= 0:
+        out["MODEL.EOMT.NUM_QUERIES"] = r.num_queries
+    if e.INPUT_SIZE <= 0:
+        out["MODEL.EOMT.INPUT_SIZE"] = r.input_size
+    if s.BASE_LR < 0:
+        out["SOLVER.BASE_LR"] = r.lr
+    max_iter = s.MAX_ITER if s.MAX_ITER > 0 else eomt_max_iter(family, _eomt_dataset(cfg), s.IMS_PER_BATCH)
+    if s.MAX_ITER <= 0:
+        out["SOLVER.MAX_ITER"] = max_iter
+    warmup = list(s.EOMT.WARMUP_ITERS) or list(r.warmup_iters)
+    if not s.EOMT.WARMUP_ITERS:
+        out["SOLVER.EOMT.WARMUP_ITERS"] = warmup
+    if e.ANNEAL.ENABLED and not e.ANNEAL.STARTS:
+        blocks = e.NUM_BLOCKS if e.NUM_BLOCKS > 0 else default_num_blocks(cfg.MODEL.D2REG.ARCH)
+        starts, ends = eomt_annealing_windows(blocks, max_iter, family, _eomt_dataset(cfg), warmup[1])
+        out["MODEL.EOMT.ANNEAL.STARTS"], out["MODEL.EOMT.ANNEAL.ENDS"] = starts, ends
     return out

@@ -66,6 +66,7 @@ __all__ = [
     "EoMTRecipe",
     "Recipe",
     "backbone_family",
+    "default_num_blocks",
     "drop_path_rate",
     "eomt_annealing_windows",
     "eomt_max_iter",
@@ -168,6 +169,14 @@ class EoMTRecipe(NamedTuple):
 
 
 _COCO, _ADE = 118287, 20210
+_NUM_QUERY_BLOCKS = {"vit_small": 3, "vit_base": 3, "vit_large": 4, "vit_giant2": 5}
+
+
+def default_num_blocks(arch: str) -> int:
+    """EoMT's number of query blocks ("L2") for a ViT size: 3 for S/B, 4 for L, 5 for g (official configs;
+    other sizes: 4)."""
+    return _NUM_QUERY_BLOCKS.get(arch, 4)
+
 EOMT_RECIPES = {
     ("dinov2", "coco"): EoMTRecipe(1e-4, 0.8, True, (500, 1000), 200, 640, 12, _COCO, (1 / 6, 5 / 6), False),
     ("dinov2", "ade20k"): EoMTRecipe(1e-4, 0.8, True, (500, 1000), 100, 512, 31, _ADE, (1 / 6, 5 / 6), False),

@@ -20,9 +20,12 @@ from .config import resolve_recipe
 __all__ = [
     "NO_WEIGHT_DECAY",
     "NO_WEIGHT_DECAY_NAMES",
+    "TwoStageWarmupPolyLR",
     "build_optimizer",
+    "eomt_lr_decay_rate",
     "find_vit_backbone",
     "get_d2reg_optimizer_params",
+    "get_eomt_optimizer_params",
     "lr_decay_rate",
     "vit_backbones",
 ]
@@ -113,3 +116,71 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}.")
     return maybe_add_gradient_clipping(cfg, opt)
+
+
+# ----------------------------------------------------------------------------------------------- EoMT
+def eomt_lr_decay_rate(name: str, lr_decay_rate: float, num_layers: int, num_query_blocks: int,
+                       decay_query_blocks: bool = True, prefix: str = "backbone.vit.") -> float:
+    """The official EoMT layer-wise lr factor of parameter ``name``: ``blocks.i`` -> ``decay ** (num_layers
+    - 1 - i)`` (the query blocks at 1 unless ``decay_query_blocks``), the stem (tokens, patch and position
+    embeddings) as block 0, the ViT's final norm and everything outside the ViT (queries, heads) 1. One step
+    less than :func:`lr_decay_rate` (whose top block already decays), as tue-mps/eomt's ``configure_optimizers``."""
+    if not name.startswith(prefix):
+        return 1.0
+    m = re.search(r"(?:^|\.)blocks\.(\d+)\.", name[len(prefix):])
+    if m:
+        i = int(m.group(1))
+        if i >= num_layers - num_query_blocks and not decay_query_blocks:
+            return 1.0
+        return lr_decay_rate ** (num_layers - 1 - i)
+    if name[len(prefix):].startswith("norm."):
+        return 1.0
+    return lr_decay_rate ** (num_layers - 1)
+
+
+def get_eomt_optimizer_params(model: torch.nn.Module, base_lr: float, weight_decay: float, lr_decay: float = 0.8,
+                              decay_query_blocks: bool = True, **kwargs):
+    """Param groups of an :class:`d2reg.EoMT`: detectron2's ``get_default_optimizer_params`` with
+    :func:`eomt_lr_decay_rate` and no weight decay on :data:`NO_WEIGHT_DECAY_NAMES`; every group carries
+    ``"eomt_vit": True`` for the ViT's parameters (warmed up second by :class:`TwoStageWarmupPolyLR`)."""
+    if not 0.0 < lr_decay <= 1.0:
+        raise ValueError(f"layer-wise lr decay must be in (0, 1] (1.0: off), got {lr_decay}.")
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    depth = len(model.backbone.vit.blocks)
+    factor = partial(eomt_lr_decay_rate, lr_decay_rate=lr_decay, num_layers=depth,
+                     num_query_blocks=model.num_blocks, decay_query_blocks=decay_query_blocks)
+    overrides = {**NO_WEIGHT_DECAY, **kwargs.pop("overrides", {})}
+    groups = get_default_optimizer_params(model, base_lr=base_lr, weight_decay=weight_decay, lr_factor_func=factor,
+                                          overrides=overrides, **kwargs)
+    vit = {id(p) for p in model.backbone.vit.parameters()}
+    for g in groups:
+        g["eomt_vit"] = all(id(p) in vit for p in g["params"])
+    return groups
+
+
+class TwoStageWarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
+    """EoMT's schedule per param group: the heads (groups without ``"eomt_vit"``) warm up linearly over
+    ``warmup_iters[0]`` and then decay as ``(1 - t) ** power``; the ViT stays at 0 during the heads' warm-up,
+    warms up over the next ``warmup_iters[1]`` iterations and then decays the same way to ``max_iter``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_iter: int, warmup_iters=(500, 1000), power: float = 0.9,
+                 last_epoch: int = -1):
+        if len(warmup_iters) != 2 or min(warmup_iters) < 0:
+            raise ValueError(f"warmup_iters must be two iteration counts (heads, ViT), got {warmup_iters}.")
+        self.max_iter, self.warmup_iters, self.power = int(max_iter), tuple(int(w) for w in warmup_iters), power
+        super().__init__(optimizer, last_epoch)
+
+    def _factor(self, step: int, vit: bool) -> float:
+        heads, vit_warmup = self.warmup_iters
+        begin, length = (heads, vit_warmup) if vit else (0, heads)
+        if step < begin:
+            return 0.0
+        if length > 0 and step < begin + length:
+            return (step - begin) / length
+        span = max(1, self.max_iter - begin - length)
+        return max(0.0, 1 - (step - begin - length) / span) ** self.power
+
+    def get_lr(self):
+        return [base * self._factor(self.last_epoch, g.get("eomt_vit", False))
+                for base, g in zip(self.base_lrs, self.optimizer.param_groups)]

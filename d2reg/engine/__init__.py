@@ -2,12 +2,14 @@
 from .checkpointer import D2RegCheckpointer, RNGState
 from .data import ResumableTrainingSampler, build_resumable_train_loader
 from .ddp import create_ddp_model
+from .hooks import MaskAnnealingHook, mask_keep_probability
 from .lazy import do_test, do_train, instantiate_train_loader
 from .trainer import D2RegTrainer, build_evaluator, setup_cfg
 
 __all__ = [
     "D2RegCheckpointer",
     "D2RegTrainer",
+    "MaskAnnealingHook",
     "RNGState",
     "ResumableTrainingSampler",
     "build_evaluator",
@@ -16,5 +18,6 @@ __all__ = [
     "do_test",
     "do_train",
     "instantiate_train_loader",
+    "mask_keep_probability",
     "setup_cfg",
 ]

@@ -10,15 +10,31 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..config import add_d2reg_config, resolve_recipe
+from ..data.eomt_mapper import EoMTInstanceDatasetMapper, EoMTPanopticDatasetMapper, EoMTSemanticDatasetMapper
 from ..data.readers import load_sem_seg_gt
-from ..solver import build_optimizer
+from ..evaluation import build_panoptic_evaluator
+from ..recipes import get_eomt_recipe
+from ..solver import TwoStageWarmupPolyLR, build_optimizer, get_eomt_optimizer_params
 from .checkpointer import D2RegCheckpointer, RNGState
 from .data import build_resumable_train_loader, resume_loader
+from .hooks import MaskAnnealingHook
 
 __all__ = ["D2RegTrainer", "build_evaluator", "setup_cfg"]
+
+_EOMT_MAPPERS = {"panoptic": EoMTPanopticDatasetMapper, "instance": EoMTInstanceDatasetMapper,
+                 "semantic": EoMTSemanticDatasetMapper}
+
+
+def _is_eomt(cfg) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE == "EoMT"
+
+
+def _eomt_dataset(cfg) -> str:
+    return "ade20k" if cfg.MODEL.EOMT.TASK == "semantic" else "coco"
 
 
 def setup_cfg(args) -> CfgNode:
@@ -43,8 +59,11 @@ def setup_cfg(args) -> CfgNode:
 def build_evaluator(cfg, dataset_name: str, output_folder=None):
     """Evaluator by the data set's ``evaluator_type``: "coco" -> ``COCOEvaluator`` (pure-Python
     pycocotools, ``use_fast_impl=False``: the fast one needs detectron2's compiled ``_C``),
-    "sem_seg" -> ``SemSegEvaluator``."""
+    "sem_seg" -> ``SemSegEvaluator``, "coco_panoptic_seg" -> panoptic quality
+    (:func:`d2reg.evaluation.build_panoptic_evaluator`)."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type == "coco_panoptic_seg":  # detectron2's with panopticapi, else d2reg's PQ
+        return build_panoptic_evaluator(dataset_name, output_folder)
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
     if evaluator_type == "sem_seg":
@@ -75,14 +94,21 @@ class D2RegTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_resumable_train_loader(cfg)[0]
+        mapper = None
+        if _is_eomt(cfg):
+            mapper = _EOMT_MAPPERS[cfg.MODEL.EOMT.TASK](cfg, is_train=True)
+        return build_resumable_train_loader(cfg, mapper)[0]
 
     def build_hooks(self):
         # DefaultTrainer builds a plain DetectionCheckpointer just before its hooks: swap in d2reg's.
         self.checkpointer = D2RegCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self), rng=self._rng,
         )
-        return super().build_hooks()
+        hooks = super().build_hooks()
+        anneal = self.cfg.MODEL.EOMT.ANNEAL
+        if _is_eomt(self.cfg) and anneal.ENABLED:  # first: the probabilities are set before the iteration runs
+            hooks.insert(0, MaskAnnealingHook(anneal.STARTS, anneal.ENDS, anneal.POWER))
+        return hooks
 
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume=resume)
@@ -96,7 +122,23 @@ class D2RegTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        return build_optimizer(cfg, model)
+        if not _is_eomt(cfg):
+            return build_optimizer(cfg, model)
+        cfg = resolve_recipe(cfg)
+        decay_query_blocks = get_eomt_recipe(cfg.MODEL.D2REG.FAMILY, _eomt_dataset(cfg)).decay_query_blocks
+        params = get_eomt_optimizer_params(model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY,
+                                           cfg.MODEL.D2REG.LR_DECAY, decay_query_blocks,
+                                           weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
+        opt = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
+                                weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        return maybe_add_gradient_clipping(cfg, opt)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        if not _is_eomt(cfg):
+            return super().build_lr_scheduler(cfg, optimizer)
+        return TwoStageWarmupPolyLR(optimizer, cfg.SOLVER.MAX_ITER, cfg.SOLVER.EOMT.WARMUP_ITERS,
+                                    cfg.SOLVER.EOMT.POLY_POWER)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -31,6 +31,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..recipes import default_num_blocks
 from ..vit.dinov3 import DINOv3WindowedAttention
 from .dinov3_backbone import DINOv3Backbone
 from .eomt_inference import (
@@ -49,12 +50,6 @@ from .window import WindowedAttention
 __all__ = ["EOMT_TASKS", "EoMT", "ScaleBlock", "default_num_blocks"]
 
 EOMT_TASKS = ("panoptic", "instance", "semantic")
-_DEFAULT_NUM_BLOCKS = {"vit_small": 3, "vit_base": 3, "vit_large": 4, "vit_giant2": 5, "vit_7b": 5}
-
-
-def default_num_blocks(arch: str) -> int:
-    """EoMT's number of query blocks ("L2") for a ViT size: 3 for S/B, 4 for L, 5 for g."""
-    return _DEFAULT_NUM_BLOCKS.get(arch, 4)
 
 
 class ScaleBlock(nn.Module):
