@@ -89,6 +89,11 @@ def test_panoptic_set_registers_lazily_and_loads(registered):
     thing_areas = sorted(s["area"] for a in pan["annotations"] for s in a["segments_info"]
                          if s["category_id"] in things)
     assert sorted(int(a["area"]) for a in inst["annotations"]) == thing_areas
+    # detectron2's evaluators accept the metadata (COCOPanopticEvaluator needs panopticapi only to evaluate)
+    from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
+
+    COCOPanopticEvaluator("d2reg_synth_panoptic_val", output_dir=None)
+    assert len(COCOEvaluator("d2reg_synth_panoptic_val", use_fast_impl=False)._coco_api.getCatIds()) == 3
 
 
 def test_panoptic_generation_is_deterministic(tmp_path):
