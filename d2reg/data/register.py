@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional
 
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, load_sem_seg
+from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
 from .synthetic import (
     SYNTH_DEFAULTS,
@@ -19,6 +20,12 @@ from .synthetic import (
     dataset_paths,
     generate_synthetic_dataset,
     synthetic_dataset_dir,
+)
+from .synthetic_panoptic import (
+    generate_synthetic_panoptic_dataset,
+    panoptic_dataset_paths,
+    panoptic_metadata,
+    synthetic_panoptic_dataset_dir,
 )
 
 __all__ = ["SYNTH_DATASETS", "register_synthetic_datasets", "prepare_synthetic_dataset"]
@@ -29,6 +36,8 @@ SYNTH_DATASETS = {
     "d2reg_synth_val": ("instances", "val"),
     "d2reg_synth_sem_seg_train": ("sem_seg", "train"),
     "d2reg_synth_sem_seg_val": ("sem_seg", "val"),
+    "d2reg_synth_panoptic_train": ("panoptic", "train"),
+    "d2reg_synth_panoptic_val": ("panoptic", "val"),
 }
 _THING_COLORS = [(230, 60, 60), (60, 160, 230), (90, 200, 90)]
 _STUFF_COLORS = [(40, 40, 40)] + _THING_COLORS
@@ -64,19 +73,26 @@ def register_synthetic_datasets(
     image_size: int = SYNTH_DEFAULTS["image_size"],
     seed: int = SYNTH_DEFAULTS["seed"],
 ) -> str:
-    """(Re-)register ``d2reg_synth_{train,val}`` (COCO instances, ``evaluator_type="coco"``) and
-    ``d2reg_synth_sem_seg_{train,val}`` (ADE20k-style PNG masks, ``evaluator_type="sem_seg"``).
+    """(Re-)register ``d2reg_synth_{train,val}`` (COCO instances, ``evaluator_type="coco"``),
+    ``d2reg_synth_sem_seg_{train,val}`` (ADE20k-style PNG masks, ``evaluator_type="sem_seg"``) and
+    ``d2reg_synth_panoptic_{train,val}`` (COCO panoptic, ``evaluator_type="coco_panoptic_seg"``, the
+    metadata of detectron2's ``register_coco_panoptic``; scenes of their own, with stuff regions).
 
-    Nothing is generated here: the images are written on the first ``DatasetCatalog.get`` of any
-    of the four names, the first read of a path in their metadata (``json_file``, ``image_root``,
-    ``sem_seg_root``) or :func:`prepare_synthetic_dataset`, under ``root`` (default ``$D2REG_CACHE``
-    or ``~/.cache/d2reg``, resolved now). Returns the data set directory.
+    Nothing is generated here: the images are written on the first ``DatasetCatalog.get`` of a
+    name, the first read of a path in its metadata (``json_file``, ``image_root``, ``sem_seg_root``,
+    ``panoptic_root``, ``panoptic_json``) or :func:`prepare_synthetic_dataset`, under ``root`` (default
+    ``$D2REG_CACHE`` or ``~/.cache/d2reg``, resolved now). Returns the directory of the instance /
+    semantic data set (the panoptic one is its ``synth_panoptic_*`` sibling).
     """
     out = synthetic_dataset_dir(root, num_train, num_val, image_size, seed)
+    pan_paths = panoptic_dataset_paths(synthetic_panoptic_dataset_dir(root, num_train, num_val, image_size, seed))
     paths = dataset_paths(out)
 
     def generate(r=root):
         return generate_synthetic_dataset(r, num_train, num_val, image_size, seed)
+
+    def generate_panoptic(r=root):
+        return generate_synthetic_panoptic_dataset(r, num_train, num_val, image_size, seed)
 
     for name, (task, split) in SYNTH_DATASETS.items():
         p = paths[split]
@@ -84,7 +100,9 @@ def register_synthetic_datasets(
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         _GENERATORS[name] = generate
-        if task == "instances":
+        if task == "panoptic":
+            _register_panoptic(name, pan_paths[split], generate_panoptic)
+        elif task == "instances":
             DatasetCatalog.register(
                 name, lambda p=p, n=name: (generate(), load_coco_json(p["json_file"], p["image_root"], n))[1]
             )
@@ -107,6 +125,19 @@ def register_synthetic_datasets(
                 ignore_label=255,
             )
     return out
+
+
+def _register_panoptic(name: str, p: Dict[str, str], generate: Callable[[], str]) -> None:
+    """Register one split as detectron2's ``register_coco_panoptic`` does ("standard" layout, same
+    metadata keys), but with the files generated on first use (``register_coco_panoptic`` itself would
+    store the paths as plain attributes, and its loader would not generate)."""
+    classes = panoptic_metadata()
+    _GENERATORS[name] = generate
+    DatasetCatalog.register(name, lambda: (
+        generate(), load_coco_panoptic_json(p["panoptic_json"], p["image_root"], p["panoptic_root"], classes))[1])
+    meta = _SynthMetadata(name, generate, p)  # panoptic_root, panoptic_json, image_root, json_file
+    MetadataCatalog[name] = meta.set(evaluator_type="coco_panoptic_seg", ignore_label=255, label_divisor=1000,
+                                     **classes)
 
 
 def prepare_synthetic_dataset(name: str) -> Optional[str]:

@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -62,11 +62,14 @@ def synthetic_dataset_dir(root: Optional[str], num_train: int, num_val: int, ima
 
 
 # ----------------------------------------------------------------------------------------- drawing
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, kind: Optional[int] = None) -> np.ndarray:
+    """(H, W, 3) float texture: ``kind`` 0 gradient, 1 stripes, 2 checkerboard, 3 smooth noise
+    (None: drawn from ``rng``)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     angle = rng.uniform(0, 2 * math.pi)
     proj = xx * math.cos(angle) + yy * math.sin(angle)
-    kind = rng.integers(4)
+    if kind is None:
+        kind = rng.integers(4)
     if kind == 0:  # linear gradient
         t = (proj - proj.min()) / max(float(proj.max() - proj.min()), 1e-6)
     elif kind == 1:  # stripes
@@ -104,7 +107,13 @@ def _shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
 def render_scene(rng: np.random.Generator, size: int, max_objects: int = 5):
     """One image: (H, W, 3) uint8 RGB, (H, W) int32 instance map (-1 background) and the list of
     instance classes (index = instance id)."""
-    img = _background(rng, size)
+    return _place_shapes(rng, _background(rng, size), max_objects)
+
+
+def _place_shapes(rng: np.random.Generator, img: np.ndarray, max_objects: int):
+    """Draw 2..max_objects shapes onto the (H, W, 3) float background ``img``; returns what
+    :func:`render_scene` does."""
+    size = img.shape[0]
     inst = np.full((size, size), -1, np.int32)
     full_areas: List[int] = []
     classes: List[int] = []
@@ -162,27 +171,46 @@ def _write_split(out: str, split: str, dirname: str, num: int, size: int, seed: 
         image_id = i + 1
         images.append({"id": image_id, "file_name": stem + ".jpg", "height": size, "width": size})
         for k, cls in enumerate(classes):
-            m = inst == k
-            sem[m] = cls + 1
-            polys = _polygons(m)
-            if not polys:
-                continue
-            ys, xs = np.nonzero(m)
-            x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
-                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                "area": float(m.sum()), "segmentation": polys, "iscrowd": 0,
-            })
+            sem[inst == k] = cls + 1
+        annotations += instance_annotations(inst, classes, image_id, len(annotations) + 1)
         cv2.imwrite(os.path.join(sem_dir, stem + ".png"), sem)
+    write_instances_json(os.path.join(out, "annotations", f"instances_{split}.json"), images, annotations,
+                         f"d2reg synthetic shapes ({split}, seed {seed})")
+
+
+def _bbox(m: np.ndarray) -> List[float]:
+    """COCO ``[x, y, w, h]`` of a non-empty (H, W) bool mask."""
+    ys, xs = np.nonzero(m)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def instance_annotations(inst: np.ndarray, classes: List[int], image_id: int, first_id: int) -> List[dict]:
+    """COCO instance annotations (polygons of the visible parts, category ids ``class + 1``) of the
+    (H, W) instance map ``inst`` (-1 background, k = ``classes[k]``), ids from ``first_id``."""
+    annotations = []
+    for k, cls in enumerate(classes):
+        m = inst == k
+        polys = _polygons(m)
+        if not polys:
+            continue
+        annotations.append({
+            "id": first_id + len(annotations), "image_id": image_id, "category_id": cls + 1,
+            "bbox": _bbox(m), "area": float(m.sum()), "segmentation": polys, "iscrowd": 0,
+        })
+    return annotations
+
+
+def write_instances_json(path: str, images: List[dict], annotations: List[dict], description: str) -> None:
+    """A COCO instances json over the three shape categories (ids 1..3)."""
     coco = {
-        "info": {"description": f"d2reg synthetic shapes ({split}, seed {seed})", "version": str(FORMAT_VERSION)},
+        "info": {"description": description, "version": str(FORMAT_VERSION)},
         "licenses": [],
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SYNTH_THING_CLASSES)],
     }
-    with open(os.path.join(out, "annotations", f"instances_{split}.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(coco, f)
 
 
@@ -200,19 +228,29 @@ def generate_synthetic_dataset(
     place, so concurrent processes (DDP workers) never see half a data set.
     """
     out = synthetic_dataset_dir(root, num_train, num_val, image_size, seed)
-    if os.path.isfile(os.path.join(out, "DONE")):
-        return out
     if image_size < 64:
         raise ValueError(f"image_size must be >= 64 pixels, got {image_size}.")
+
+    def write(tmp):
+        os.makedirs(os.path.join(tmp, "annotations"))
+        for (split, dirname), num in zip(SPLITS, (num_train, num_val)):
+            _write_split(tmp, split, dirname, num, image_size, seed)
+
+    return write_atomically(out, write, dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed))
+
+
+def write_atomically(out: str, write: Callable[[str], None], info: dict) -> str:
+    """Run ``write(tmp_dir)`` unless ``out/DONE`` exists, then rename ``tmp_dir`` to ``out`` (with a
+    ``DONE`` file holding ``info``), so concurrent processes (DDP workers) never see half a data set."""
+    if os.path.isfile(os.path.join(out, "DONE")):
+        return out
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp_" + os.path.basename(out) + "_", dir=parent)
     try:
-        os.makedirs(os.path.join(tmp, "annotations"))
-        for (split, dirname), num in zip(SPLITS, (num_train, num_val)):
-            _write_split(tmp, split, dirname, num, image_size, seed)
+        write(tmp)
         with open(os.path.join(tmp, "DONE"), "w") as f:
-            json.dump(dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed), f)
+            json.dump(info, f)
         try:
             os.rename(tmp, out)
         except OSError:  # another process finished first (or a stale, incomplete directory)
