@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
+from .data.eomt_mapper import add_eomt_input_config
 from .recipes import (
     default_num_blocks,
     drop_path_rate,
@@ -121,6 +122,8 @@ def _add_eomt_config(cfg: CN) -> None:
     cfg.SOLVER.EOMT = CN()
     cfg.SOLVER.EOMT.WARMUP_ITERS = []  # (heads, then the ViT); []: the recipe's (500, 1000) / DINOv3 (2000, 3000)
     cfg.SOLVER.EOMT.POLY_POWER = 0.9
+    add_eomt_input_config(cfg)  # INPUT.IMAGE_SIZE (the training crop), MIN_SCALE, MAX_SCALE, COLOR_AUG_SSD
+    cfg.INPUT.IMAGE_SIZE = 0  # 0: MODEL.EOMT.INPUT_SIZE (resolved)
 
 
 def resolve_recipe(cfg: CN) -> CN:
@@ -138,9 +141,9 @@ def resolve_recipe(cfg: CN) -> CN:
     family = c.get("FAMILY", "dinov2")
     resolved = {}
     if c.WEIGHTS == OFFICIAL_WEIGHTS:
-        resolved["WEIGHTS"] = official_checkpoint(c.ARCH, c.NUM_REGISTER_TOKENS, family)
+        resolved["MODEL.D2REG.WEIGHTS"] = official_checkpoint(c.ARCH, c.NUM_REGISTER_TOKENS, family)
     if c.DROP_PATH_RATE < 0:
-        resolved["DROP_PATH_RATE"] = drop_path_rate(c.ARCH, family)
+        resolved["MODEL.D2REG.DROP_PATH_RATE"] = drop_path_rate(c.ARCH, family)
     eomt = cfg.MODEL.META_ARCHITECTURE == "EoMT"
     if c.LR_DECAY < 0:
         resolved["MODEL.D2REG.LR_DECAY"] = (get_eomt_recipe(family, _eomt_dataset(cfg)).llrd if eomt
@@ -151,7 +154,12 @@ def resolve_recipe(cfg: CN) -> CN:
         return cfg
     out = cfg.clone()
     out.defrost()
-    out.merge_from_list([x for kv in resolved.items() for x in kv])
+    for key, value in resolved.items():
+        *path, leaf = key.split(".")
+        node = out
+        for part in path:
+            node = node[part]
+        node[leaf] = value
     if cfg.is_frozen():
         out.freeze()
     return out
@@ -170,6 +178,8 @@ def _resolve_eomt(cfg: CN, family: str) -> dict:
         out["MODEL.EOMT.NUM_QUERIES"] = r.num_queries
     if e.INPUT_SIZE <= 0:
         out["MODEL.EOMT.INPUT_SIZE"] = r.input_size
+    if cfg.INPUT.IMAGE_SIZE in (0, [0], (0,)):
+        out["INPUT.IMAGE_SIZE"] = e.INPUT_SIZE if e.INPUT_SIZE > 0 else r.input_size
     if s.BASE_LR < 0:
         out["SOLVER.BASE_LR"] = r.lr
     max_iter = s.MAX_ITER if s.MAX_ITER > 0 else eomt_max_iter(family, _eomt_dataset(cfg), s.IMS_PER_BATCH)

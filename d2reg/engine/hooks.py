@@ -1,7 +1,7 @@
 """Training hooks d2reg adds to detectron2's: EoMT's mask annealing."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 from detectron2.engine import HookBase
@@ -25,12 +25,14 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 class MaskAnnealingHook(HookBase):
     """Sets ``model.attn_mask_probs[k]`` before every iteration from the per-query-block windows
-    ``starts[k]..ends[k]`` (iterations, e.g. :func:`d2reg.recipes.eomt_annealing_windows`) and logs them as
+    ``windows = (starts, ends)``, ``starts[k]..ends[k]`` in iterations (e.g.
+    :func:`d2reg.recipes.eomt_annealing_windows`), and logs them as
     ``attn_mask_prob_{k}``. The official code sets the probability used at step ``s`` from ``s`` completed
     steps; so does this hook (before step ``s``, from ``trainer.iter == s``), which also makes a resumed run
     continue on schedule. ``model``: the EoMT (default: the trainer's, DDP unwrapped)."""
 
-    def __init__(self, starts: Sequence[int], ends: Sequence[int], power: float = 0.9, model=None):
+    def __init__(self, windows: Tuple[Sequence[int], Sequence[int]], power: float = 0.9, model=None):
+        starts, ends = windows
         if len(starts) != len(ends) or any(e <= s for s, e in zip(starts, ends)) or min(starts, default=0) < 0:
             raise ValueError(f"mask annealing windows must pair each start with a later end, got starts {list(starts)}"
                              f", ends {list(ends)}.")

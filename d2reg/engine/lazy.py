@@ -46,7 +46,9 @@ def instantiate_train_loader(train_cfg):
 
 def do_train(args, cfg):
     """detectron2's lazyconfig ``do_train`` with ``D2RegCheckpointer`` (DINOv2 files as
-    ``train.init_checkpoint``) and exact ``--resume``. Returns the final evaluation, if any."""
+    ``train.init_checkpoint``) and exact ``--resume``; ``train.extra_hooks`` (LazyCalls of hooks) run
+    before detectron2's, and an ``lr_multiplier`` with an ``optimizer`` argument (a torch LR scheduler)
+    receives the optimizer. Returns the final evaluation, if any."""
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
     model.to(cfg.train.device)
@@ -62,7 +64,10 @@ def do_train(args, cfg):
         results["last"] = do_test(cfg, model)
         return results["last"]
 
+    if "optimizer" in cfg.lr_multiplier:  # a torch LR scheduler (e.g. EoMT's per-group schedule) needs it
+        cfg.lr_multiplier.optimizer = optim
     trainer.register_hooks([
+        *[instantiate(h) for h in cfg.train.get("extra_hooks", [])],  # e.g. EoMT's MaskAnnealingHook, first
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,

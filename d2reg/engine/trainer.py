@@ -107,7 +107,7 @@ class D2RegTrainer(DefaultTrainer):
         hooks = super().build_hooks()
         anneal = self.cfg.MODEL.EOMT.ANNEAL
         if _is_eomt(self.cfg) and anneal.ENABLED:  # first: the probabilities are set before the iteration runs
-            hooks.insert(0, MaskAnnealingHook(anneal.STARTS, anneal.ENDS, anneal.POWER))
+            hooks.insert(0, MaskAnnealingHook((anneal.STARTS, anneal.ENDS), anneal.POWER))
         return hooks
 
     def resume_or_load(self, resume: bool = True):

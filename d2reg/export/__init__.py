@@ -5,7 +5,8 @@
     print(format_report(verify_backbone(model.backbone, result.path, [(512, 512), (512, 768), (525, 549)])))
 
 ``export_model`` / ``verify_model`` do the same for a whole detectron2 R-CNN or semantic-segmentation
-model; ``tools/export_onnx.py`` wraps all four for a config file.
+model; an EoMT's network exports as ``export_backbone(EoMTLogits(model), ...)``; ``tools/export_onnx.py``
+wraps all four for a config file.
 """
 from .backbone import (
     DEFAULT_BACKBONE_OPSET,
@@ -17,12 +18,14 @@ from .backbone import (
     require_vit_backbone,
 )
 from .config import model_from_config
+from .eomt import EoMTLogits
 from .model import DEFAULT_MODEL_OPSET, export_model, model_adapter
 from .verify import VerifyRow, default_verify_sizes, format_report, ort_session, verify_backbone, verify_model
 
 __all__ = [
     "DEFAULT_BACKBONE_OPSET",
     "DEFAULT_MODEL_OPSET",
+    "EoMTLogits",
     "ExportError",
     "ExportResult",
     "VerifyRow",

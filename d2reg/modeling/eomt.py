@@ -31,6 +31,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..config import resolve_recipe
 from ..recipes import default_num_blocks
 from ..vit.dinov3 import DINOv3WindowedAttention
 from .dinov3_backbone import DINOv3Backbone
@@ -178,6 +179,7 @@ class EoMT(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
+        cfg = resolve_recipe(cfg)
         c = cfg.MODEL.EOMT
         if not cfg.MODEL.D2REG.FINAL_NORM or list(cfg.MODEL.D2REG.OUT_INDICES) != [-1]:
             cfg = cfg.clone()
