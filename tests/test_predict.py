@@ -126,13 +126,13 @@ def test_on_error_stop_keeps_the_results_before(instance_model, images, tmp_path
     assert {r["image_id"] for r in json.loads((out / "instances.json").read_text())} <= {1, 2}
 
 
-@pytest.mark.parametrize("config,opts", [
-    ("mask_rcnn_vit_tiny_synth.yaml", ["MODEL.WEIGHTS"]),
-    ("mask_rcnn_vit_tiny_synth.py", ["train.init_checkpoint="]),
+@pytest.mark.parametrize("config,weights_opt", [
+    ("mask_rcnn_vit_tiny_synth.yaml", "MODEL.WEIGHTS {}"),
+    ("mask_rcnn_vit_tiny_synth.py", "train.init_checkpoint={}"),
 ])
-def test_missing_checkpoint_stops_before_any_output(images, tmp_path, capsys, config, opts):
+def test_missing_checkpoint_stops_before_any_output(images, tmp_path, capsys, config, weights_opt):
     missing = str(tmp_path / "nowhere" / "model_final.pth")
-    opts = [opts[0], missing] if len(opts[0].split("=")) == 1 else [opts[0] + missing]
+    opts = weights_opt.format(missing).split()
     fresh, existing = tmp_path / "fresh", tmp_path / "existing"
     existing.mkdir()
     for out in (fresh, existing):
