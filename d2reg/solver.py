@@ -141,8 +141,9 @@ def eomt_lr_decay_rate(name: str, lr_decay_rate: float, num_layers: int, num_que
 def get_eomt_optimizer_params(model: torch.nn.Module, base_lr: float, weight_decay: float, lr_decay: float = 0.8,
                               decay_query_blocks: bool = True, **kwargs):
     """Param groups of an :class:`d2reg.EoMT`: detectron2's ``get_default_optimizer_params`` with
-    :func:`eomt_lr_decay_rate` and no weight decay on :data:`NO_WEIGHT_DECAY_NAMES`; every group carries
-    ``"eomt_vit": True`` for the ViT's parameters (warmed up second by :class:`TwoStageWarmupPolyLR`)."""
+    :func:`eomt_lr_decay_rate` and, as the official AdamW, weight decay on every parameter (tokens, position
+    embedding and norms included; ``overrides`` can exempt some, e.g. ``d2reg.solver.NO_WEIGHT_DECAY``); every
+    group carries ``"eomt_vit": True`` for the ViT's parameters (warmed up second by :class:`TwoStageWarmupPolyLR`)."""
     if not 0.0 < lr_decay <= 1.0:
         raise ValueError(f"layer-wise lr decay must be in (0, 1] (1.0: off), got {lr_decay}.")
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -150,13 +151,17 @@ def get_eomt_optimizer_params(model: torch.nn.Module, base_lr: float, weight_dec
     depth = len(model.backbone.vit.blocks)
     factor = partial(eomt_lr_decay_rate, lr_decay_rate=lr_decay, num_layers=depth,
                      num_query_blocks=model.num_blocks, decay_query_blocks=decay_query_blocks)
-    overrides = {**NO_WEIGHT_DECAY, **kwargs.pop("overrides", {})}
+    overrides = kwargs.pop("overrides", None)
     groups = get_default_optimizer_params(model, base_lr=base_lr, weight_decay=weight_decay, lr_factor_func=factor,
                                           overrides=overrides, **kwargs)
     vit = {id(p) for p in model.backbone.vit.parameters()}
+    split = []  # detectron2 merges groups of equal hyper-parameters: split each into its ViT and other params
     for g in groups:
-        g["eomt_vit"] = all(id(p) in vit for p in g["params"])
-    return groups
+        for is_vit in (True, False):
+            params = [p for p in g["params"] if (id(p) in vit) == is_vit]
+            if params:
+                split.append({**g, "params": params, "eomt_vit": is_vit})
+    return split
 
 
 class TwoStageWarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
