@@ -21,6 +21,7 @@ __all__ = [
     "NO_WEIGHT_DECAY",
     "NO_WEIGHT_DECAY_NAMES",
     "TwoStageWarmupPolyLR",
+    "adamw_with_grad_clip",
     "build_optimizer",
     "eomt_lr_decay_rate",
     "find_vit_backbone",
@@ -162,6 +163,20 @@ def get_eomt_optimizer_params(model: torch.nn.Module, base_lr: float, weight_dec
             if params:
                 split.append({**g, "params": params, "eomt_vit": is_vit})
     return split
+
+
+def adamw_with_grad_clip(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.05,
+                         clip_norm: float = 0.01, norm_type: float = 2.0) -> torch.optim.Optimizer:
+    """``torch.optim.AdamW`` whose ``step()`` first clips the gradient norm of all its parameters together to
+    ``clip_norm`` (detectron2's ``SOLVER.CLIP_GRADIENTS`` ``"full_model"``; Lightning's
+    ``gradient_clip_val``, 0.01 in EoMT's recipe) -- for LazyConfigs, which have no clipping key. ``clip_norm
+    <= 0``: no clipping. Under AMP, detectron2's ``AMPTrainer`` unscales before ``step()`` clips."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if clip_norm <= 0:
+        return opt
+    clip = CfgNode({"SOLVER": {"CLIP_GRADIENTS": {"ENABLED": True, "CLIP_TYPE": "full_model",
+                                                  "CLIP_VALUE": float(clip_norm), "NORM_TYPE": float(norm_type)}}})
+    return maybe_add_gradient_clipping(clip, opt)
 
 
 class TwoStageWarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
