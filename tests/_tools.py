@@ -2,10 +2,11 @@
 import importlib.util
 import os
 
+from d2reg.model_zoo import CONFIGS_DIR
 from d2reg.testing import TINY_TRAIN_ARCH
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo")
+DEMO = str(CONFIGS_DIR / "demo")  # the packaged demo configs (configs/ in a clone links to them)
 TINY_DATA = dict(num_train=8, num_val=4, image_size=64, seed=3)
 
 # The tiny ViT-reg of d2reg.testing.TINY_TRAIN_ARCH and slim heads at 64 px: the demo configs, made tiny.
@@ -37,7 +38,8 @@ LAZY_TINY = [
 
 
 def load_tool(name: str):
-    """tools/<name>.py as a module (a ``tools`` package from site-packages may shadow the folder)."""
+    """tools/<name>.py (the shim over d2reg.tools.<name>) as a module (a ``tools`` package from site-packages may
+    shadow the folder)."""
     spec = importlib.util.spec_from_file_location(f"d2reg_tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
