@@ -22,6 +22,8 @@ __all__ = [
     "NO_WEIGHT_DECAY_NAMES",
     "TwoStageWarmupPolyLR",
     "adamw_with_grad_clip",
+    "add_gradient_clipping",
+    "clip_full_model_grad_norm",
     "build_optimizer",
     "eomt_lr_decay_rate",
     "find_vit_backbone",
@@ -116,7 +118,7 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
                                 weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}.")
-    return maybe_add_gradient_clipping(cfg, opt)
+    return add_gradient_clipping(cfg, opt)
 
 
 # ----------------------------------------------------------------------------------------------- EoMT
@@ -165,18 +167,40 @@ def get_eomt_optimizer_params(model: torch.nn.Module, base_lr: float, weight_dec
     return split
 
 
+def clip_full_model_grad_norm(optimizer: torch.optim.Optimizer, clip_norm: float,
+                              norm_type: float = 2.0) -> torch.optim.Optimizer:
+    """``optimizer`` whose ``step()`` first clips the norm of all its parameters' gradients together to
+    ``clip_norm`` (Lightning's ``gradient_clip_val``, Mask2Former's ``"full_model"``; detectron2's own
+    ``"norm"`` clips each parameter separately). Under AMP, detectron2's ``AMPTrainer`` unscales the
+    gradients before ``step()``. Returns the same object, its class swapped as detectron2 does."""
+    base = type(optimizer)
+
+    class FullModelGradClip(base):
+        def step(self, closure=None):
+            params = [p for g in self.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_norm, norm_type)
+            return super().step(closure)
+
+    FullModelGradClip.__name__ = f"{base.__name__}WithFullModelGradClip"
+    optimizer.__class__ = FullModelGradClip
+    return optimizer
+
+
+def add_gradient_clipping(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``SOLVER.CLIP_GRADIENTS``: detectron2's ``"value"`` / ``"norm"`` (per parameter), or ``"full_model"``
+    (one norm over all parameters: :func:`clip_full_model_grad_norm`)."""
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        return clip_full_model_grad_norm(optimizer, clip.CLIP_VALUE, clip.NORM_TYPE)
+    return maybe_add_gradient_clipping(cfg, optimizer)
+
+
 def adamw_with_grad_clip(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.05,
                          clip_norm: float = 0.01, norm_type: float = 2.0) -> torch.optim.Optimizer:
-    """``torch.optim.AdamW`` whose ``step()`` first clips the gradient norm of all its parameters together to
-    ``clip_norm`` (detectron2's ``SOLVER.CLIP_GRADIENTS`` ``"full_model"``; Lightning's
-    ``gradient_clip_val``, 0.01 in EoMT's recipe) -- for LazyConfigs, which have no clipping key. ``clip_norm
-    <= 0``: no clipping. Under AMP, detectron2's ``AMPTrainer`` unscales before ``step()`` clips."""
+    """``torch.optim.AdamW`` with the full-model gradient norm clipped to ``clip_norm`` before each step
+    (0.01 in EoMT's recipe; ``<= 0``: no clipping) -- for LazyConfigs, which have no clipping key."""
     opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    if clip_norm <= 0:
-        return opt
-    clip = CfgNode({"SOLVER": {"CLIP_GRADIENTS": {"ENABLED": True, "CLIP_TYPE": "full_model",
-                                                  "CLIP_VALUE": float(clip_norm), "NORM_TYPE": float(norm_type)}}})
-    return maybe_add_gradient_clipping(clip, opt)
+    return clip_full_model_grad_norm(opt, clip_norm, norm_type) if clip_norm > 0 else opt
 
 
 class TwoStageWarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
