@@ -108,3 +108,17 @@ def test_demo_draws_panoptic_predictions(tiny_synth, tmp_path):
     path = draw_predictions(cfg, model, cfg.DATASETS.TEST[0], str(tmp_path / "p.png"), num_images=2)
     w, h = Image.open(path).size
     assert (w, h) == (2 * 2 * 64, 2 * 2 * 64)  # 2 images side by side at scale 2, ground truth over predictions
+
+
+def test_export_tool_eomt_matches_onnxruntime(tiny_synth, tmp_path):
+    pytest.importorskip("onnxruntime")
+    tool = load_tool("export_onnx")
+    rc = tool.main(["--config-file", get_config_file(f"demo/{CONFIG}.yaml"), "--output", str(tmp_path),
+                    *TINY, "MODEL.EOMT.NUM_BLOCKS", "2"])
+    assert rc == 0 and (tmp_path / "eomt.onnx").is_file()
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "eomt.onnx"))
+    assert [o.name for o in sess.get_outputs()] == ["mask_logits", "class_logits"]
+    masks, classes = sess.run(None, {sess.get_inputs()[0].name: torch.randn(2, 3, 40, 72).numpy()})
+    assert masks.shape == (2, 8, 10, 18) and classes.shape == (2, 8, 7)  # 8 queries, 6 classes + no object
