@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Create or refresh .venv with everything d2reg needs (see ../shared/ENVIRONMENT.md).
-# Idempotent: a stamp file records the hash of this script and setup.py; a matching stamp skips work.
+# Idempotent: a stamp file records the hash of this script and pyproject.toml; a matching stamp skips work.
 # Torch, torchvision and detectron2 already importable by the chosen python are kept (user builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.d2reg-setup-stamp
-want=$(cat scripts/setup_venv.sh setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat scripts/setup_venv.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
   exit 0
 fi
@@ -35,7 +35,9 @@ else
 fi
 
 echo "[setup] installing runtime dependencies"
-$PIP install -q "setuptools<81" wheel termcolor yacs tabulate cloudpickle tqdm matplotlib \
+# setuptools >= 77 builds pyproject.toml's licence metadata; < 81 keeps pkg_resources for detectron2.model_zoo
+# (tests/test_user_env.py checks d2reg without it). build: `python -m build` (README; tests/test_wheel.py).
+$PIP install -q "setuptools>=77,<81" wheel build termcolor yacs tabulate cloudpickle tqdm matplotlib \
   "omegaconf>=2.1,<2.4" hydra-core packaging tensorboard Pillow pycocotools fvcore iopath \
   "timm>=1.0.15" safetensors opencv-python-headless scipy shapely \
   pytest ruff transformers 2>&1 | quiet

@@ -120,5 +120,11 @@ def main(argv=None):
     return results
 
 
+def cli(argv=None) -> int:
+    """Console script entry (``d2reg-demo``): :func:`main`, exit status 0 (``main`` returns the results)."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
     main()
