@@ -10,7 +10,7 @@ test: venv
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests
 
-# make demo [WEIGHTS=dinov2_or_dinov3.pth] [TASK=sem_seg] [FAMILY=dinov3] [BUDGET=minutes, default 6.5; 0: the full tuned run]
+# make demo [WEIGHTS=dinov2_or_dinov3.pth] [TASK=sem_seg|panoptic] [FAMILY=dinov3] [BUDGET=minutes, default 6.5; 0: the full tuned run]
 demo: venv
 	$(PY) tools/demo.py $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TASK),--task $(TASK)) $(if $(FAMILY),--family $(FAMILY)) $(if $(BUDGET),--time-budget $(BUDGET))
 

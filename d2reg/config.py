@@ -122,6 +122,7 @@ def _add_eomt_config(cfg: CN) -> None:
     cfg.SOLVER.EOMT = CN()
     cfg.SOLVER.EOMT.WARMUP_ITERS = []  # (heads, then the ViT); []: the recipe's (500, 1000) / DINOv3 (2000, 3000)
     cfg.SOLVER.EOMT.POLY_POWER = 0.9
+    cfg.SOLVER.EOMT.EPOCHS = 0.0  # with SOLVER.MAX_ITER -1: the schedule in epochs; 0: the recipe's (12 COCO)
     add_eomt_input_config(cfg)  # INPUT.IMAGE_SIZE (the training crop), MIN_SCALE, MAX_SCALE, COLOR_AUG_SSD
     cfg.INPUT.IMAGE_SIZE = 0  # 0: MODEL.EOMT.INPUT_SIZE (resolved)
 
@@ -182,7 +183,8 @@ def _resolve_eomt(cfg: CN, family: str) -> dict:
         out["INPUT.IMAGE_SIZE"] = e.INPUT_SIZE if e.INPUT_SIZE > 0 else r.input_size
     if s.BASE_LR < 0:
         out["SOLVER.BASE_LR"] = r.lr
-    max_iter = s.MAX_ITER if s.MAX_ITER > 0 else eomt_max_iter(family, _eomt_dataset(cfg), s.IMS_PER_BATCH)
+    epochs = s.EOMT.EPOCHS if s.EOMT.EPOCHS > 0 else None
+    max_iter = s.MAX_ITER if s.MAX_ITER > 0 else eomt_max_iter(family, _eomt_dataset(cfg), s.IMS_PER_BATCH, epochs)
     if s.MAX_ITER <= 0:
         out["SOLVER.MAX_ITER"] = max_iter
     warmup = list(s.EOMT.WARMUP_ITERS) or list(r.warmup_iters)

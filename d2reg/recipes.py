@@ -228,4 +228,4 @@ def eomt_annealing_windows(num_blocks: int, max_iter: int, family: str = "dinov2
     frac = [(round(a * max_iter), round(b * max_iter)) for a, b in windows]
     if first is not None:
         frac = [first] + frac
-    return [a for a, _ in frac], [b for _, b in frac]
+    return [a for a, _ in frac], [max(b, a + 1) for a, b in frac]  # >= 1 iteration even for tiny schedules

@@ -21,6 +21,9 @@ __all__ = [
     "NO_WEIGHT_DECAY",
     "NO_WEIGHT_DECAY_NAMES",
     "TwoStageWarmupPolyLR",
+    "adamw_with_grad_clip",
+    "add_gradient_clipping",
+    "clip_full_model_grad_norm",
     "build_optimizer",
     "eomt_lr_decay_rate",
     "find_vit_backbone",
@@ -115,7 +118,7 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
                                 weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     else:
         raise ValueError(f"SOLVER.OPTIMIZER must be 'SGD' or 'ADAMW', got {cfg.SOLVER.OPTIMIZER!r}.")
-    return maybe_add_gradient_clipping(cfg, opt)
+    return add_gradient_clipping(cfg, opt)
 
 
 # ----------------------------------------------------------------------------------------------- EoMT
@@ -141,8 +144,9 @@ def eomt_lr_decay_rate(name: str, lr_decay_rate: float, num_layers: int, num_que
 def get_eomt_optimizer_params(model: torch.nn.Module, base_lr: float, weight_decay: float, lr_decay: float = 0.8,
                               decay_query_blocks: bool = True, **kwargs):
     """Param groups of an :class:`d2reg.EoMT`: detectron2's ``get_default_optimizer_params`` with
-    :func:`eomt_lr_decay_rate` and no weight decay on :data:`NO_WEIGHT_DECAY_NAMES`; every group carries
-    ``"eomt_vit": True`` for the ViT's parameters (warmed up second by :class:`TwoStageWarmupPolyLR`)."""
+    :func:`eomt_lr_decay_rate` and, as the official AdamW, weight decay on every parameter (tokens, position
+    embedding and norms included; ``overrides`` can exempt some, e.g. ``d2reg.solver.NO_WEIGHT_DECAY``); every
+    group carries ``"eomt_vit": True`` for the ViT's parameters (warmed up second by :class:`TwoStageWarmupPolyLR`)."""
     if not 0.0 < lr_decay <= 1.0:
         raise ValueError(f"layer-wise lr decay must be in (0, 1] (1.0: off), got {lr_decay}.")
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -150,13 +154,53 @@ def get_eomt_optimizer_params(model: torch.nn.Module, base_lr: float, weight_dec
     depth = len(model.backbone.vit.blocks)
     factor = partial(eomt_lr_decay_rate, lr_decay_rate=lr_decay, num_layers=depth,
                      num_query_blocks=model.num_blocks, decay_query_blocks=decay_query_blocks)
-    overrides = {**NO_WEIGHT_DECAY, **kwargs.pop("overrides", {})}
+    overrides = kwargs.pop("overrides", None)
     groups = get_default_optimizer_params(model, base_lr=base_lr, weight_decay=weight_decay, lr_factor_func=factor,
                                           overrides=overrides, **kwargs)
     vit = {id(p) for p in model.backbone.vit.parameters()}
+    split = []  # detectron2 merges groups of equal hyper-parameters: split each into its ViT and other params
     for g in groups:
-        g["eomt_vit"] = all(id(p) in vit for p in g["params"])
-    return groups
+        for is_vit in (True, False):
+            params = [p for p in g["params"] if (id(p) in vit) == is_vit]
+            if params:
+                split.append({**g, "params": params, "eomt_vit": is_vit})
+    return split
+
+
+def clip_full_model_grad_norm(optimizer: torch.optim.Optimizer, clip_norm: float,
+                              norm_type: float = 2.0) -> torch.optim.Optimizer:
+    """``optimizer`` whose ``step()`` first clips the norm of all its parameters' gradients together to
+    ``clip_norm`` (Lightning's ``gradient_clip_val``, Mask2Former's ``"full_model"``; detectron2's own
+    ``"norm"`` clips each parameter separately). Under AMP, detectron2's ``AMPTrainer`` unscales the
+    gradients before ``step()``. Returns the same object, its class swapped as detectron2 does."""
+    base = type(optimizer)
+
+    class FullModelGradClip(base):
+        def step(self, closure=None):
+            params = [p for g in self.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_norm, norm_type)
+            return super().step(closure)
+
+    FullModelGradClip.__name__ = f"{base.__name__}WithFullModelGradClip"
+    optimizer.__class__ = FullModelGradClip
+    return optimizer
+
+
+def add_gradient_clipping(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``SOLVER.CLIP_GRADIENTS``: detectron2's ``"value"`` / ``"norm"`` (per parameter), or ``"full_model"``
+    (one norm over all parameters: :func:`clip_full_model_grad_norm`)."""
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if clip.ENABLED and clip.CLIP_TYPE == "full_model":
+        return clip_full_model_grad_norm(optimizer, clip.CLIP_VALUE, clip.NORM_TYPE)
+    return maybe_add_gradient_clipping(cfg, optimizer)
+
+
+def adamw_with_grad_clip(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.05,
+                         clip_norm: float = 0.01, norm_type: float = 2.0) -> torch.optim.Optimizer:
+    """``torch.optim.AdamW`` with the full-model gradient norm clipped to ``clip_norm`` before each step
+    (0.01 in EoMT's recipe; ``<= 0``: no clipping) -- for LazyConfigs, which have no clipping key."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return clip_full_model_grad_norm(opt, clip_norm, norm_type) if clip_norm > 0 else opt
 
 
 class TwoStageWarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):

@@ -104,6 +104,8 @@ def shrink(cfg, weights=True) -> list:
         net.update(TINY3 if "DINOv3" in str(net._target_) else TINY)
         if weights:
             net.weights = None
+    if "num_blocks" in cfg.model:  # EoMT: its query blocks (up to 5 for ViT-g) within the tiny ViT's 4
+        cfg.model.num_blocks = 2
     return nets
 
 
@@ -137,6 +139,7 @@ def test_lazyconfig_loads_and_builds(rel):
     if "model" not in cfg:  # a shared piece (configs/common): loading it is the check
         return
     nets = shrink(cfg)
+    opt = None
     with torch.device("meta"):
         model = instantiate(cfg.model)
         assert isinstance(model, torch.nn.Module)
@@ -148,9 +151,17 @@ def test_lazyconfig_loads_and_builds(rel):
             opt = instantiate(cfg.optimizer)
             n_trainable = sum(p.requires_grad for p in model.parameters())
             assert sum(len(g["params"]) for g in opt.param_groups) == n_trainable
-    if "lr_multiplier" in cfg:
+    if "lr_multiplier" in cfg and "optimizer" in cfg.lr_multiplier:  # a torch scheduler (EoMT's) of the optimizer
+        cfg.lr_multiplier.optimizer = opt
+        sched = instantiate(cfg.lr_multiplier)
+        assert isinstance(sched, torch.optim.lr_scheduler.LRScheduler)
+        assert all(lr == 0.0 for lr in sched.get_last_lr())  # both warm-ups start at 0
+    elif "lr_multiplier" in cfg:
         sched = instantiate(cfg.lr_multiplier)
         assert 0 <= sched(0.0) <= 1 and 0 <= sched(0.5) <= 1
+    for hook in cfg.get("train", {}).get("extra_hooks", []):  # e.g. EoMT's mask annealing: windows per query block
+        built = instantiate(hook)
+        assert len(built.starts) == model.num_blocks and max(built.ends) <= cfg.train.max_iter
     if "dataloader" in cfg and "mapper" in cfg.dataloader.get("train", {}):
         for split in ("train", "test"):
             instantiate(cfg.dataloader[split].mapper)  # the augmentations build (no data needed)

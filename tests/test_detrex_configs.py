@@ -71,7 +71,10 @@ def neck_inputs(backbone_cfg):
 # ---------------------------------------------------------------- detrex-free part
 def test_d2reg_does_not_import_detrex_at_import_time():
     """detrex is imported only inside functions (a static check: a subprocess import costs seconds)."""
+    configs = REPO / "d2reg" / "configs"  # LazyConfig files, loaded by path, never imported with the package
     for path in (REPO / "d2reg").rglob("*.py"):
+        if configs in path.parents:
+            continue
         tree = ast.parse(path.read_text())
         nested = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                   for n in ast.walk(f)}

@@ -14,7 +14,8 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from PIL import Image
 
 from ..checkpoint import read_checkpoint_info
-from ..engine import D2RegTrainer, setup_cfg
+from ..engine import D2RegTrainer, MaskAnnealingHook, setup_cfg
+from ..evaluation import rgb2id
 from .budget import TimeBudget, scale_steps
 
 __all__ = ["DemoTrainer", "demo_cfg", "draw_predictions"]
@@ -96,7 +97,11 @@ class DemoTrainer(D2RegTrainer):
         scheduler.step()
         self.scheduler = scheduler  # hooks.LRScheduler reads trainer.scheduler at every step
         self.lr_steps = [s for s in cfg.SOLVER.STEPS if s <= max_iter]
+        old_max = self.max_iter
         self.max_iter = max_iter
+        for h in self._hooks:  # EoMT: the mask annealing keeps its shape over the shorter run
+            if isinstance(h, MaskAnnealingHook):
+                h.starts, h.ends = (scale_steps(h.starts, old_max, max_iter), scale_steps(h.ends, old_max, max_iter))
         for h in self._checkpoint_hooks:
             h.max_iter = max_iter  # writes model_final at the new last iteration
 
@@ -127,7 +132,11 @@ def draw_predictions(cfg, model, dataset_name: str, path: str, num_images: int =
     top, bottom = [], []
     for d in dicts:
         img = read_image(d["file_name"], format="RGB")
-        if "annotations" in d:
+        if "pan_seg_file_name" in d:  # detectron2's draw_dataset_dict would need panopticapi for this
+            pan = torch.from_numpy(rgb2id(read_image(d["pan_seg_file_name"], format="RGB")))
+            gt = Visualizer(img, meta, scale=2.0).draw_panoptic_seg(pan, d["segments_info"], area_threshold=0,
+                                                                    alpha=0.5)
+        elif "annotations" in d:
             gt = Visualizer(img, meta, scale=2.0).draw_dataset_dict(d)
         else:
             gt = Visualizer(img, meta, scale=2.0).draw_sem_seg(read_image(d["sem_seg_file_name"]), alpha=0.5)
@@ -136,7 +145,10 @@ def draw_predictions(cfg, model, dataset_name: str, path: str, num_images: int =
         with torch.no_grad():
             out = model([{"image": tensor, "height": img.shape[0], "width": img.shape[1]}])[0]
         vis = Visualizer(img, meta, scale=2.0, instance_mode=ColorMode.IMAGE)
-        if "instances" in out:
+        if "panoptic_seg" in out:
+            seg, segments = out["panoptic_seg"]
+            pred = vis.draw_panoptic_seg(seg.cpu(), segments, alpha=0.5)
+        elif "instances" in out:
             inst = out["instances"].to("cpu")
             pred = vis.draw_instance_predictions(inst[inst.scores >= score_thresh])
         else:

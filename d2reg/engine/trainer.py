@@ -7,10 +7,9 @@ import weakref
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
-from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..config import add_d2reg_config, resolve_recipe
@@ -18,7 +17,7 @@ from ..data.eomt_mapper import EoMTInstanceDatasetMapper, EoMTPanopticDatasetMap
 from ..data.readers import load_sem_seg_gt
 from ..evaluation import build_panoptic_evaluator
 from ..recipes import get_eomt_recipe
-from ..solver import TwoStageWarmupPolyLR, build_optimizer, get_eomt_optimizer_params
+from ..solver import TwoStageWarmupPolyLR, add_gradient_clipping, build_optimizer, get_eomt_optimizer_params
 from .checkpointer import D2RegCheckpointer, RNGState
 from .data import build_resumable_train_loader, resume_loader
 from .hooks import MaskAnnealingHook
@@ -99,6 +98,13 @@ class D2RegTrainer(DefaultTrainer):
             mapper = _EOMT_MAPPERS[cfg.MODEL.EOMT.TASK](cfg, is_train=True)
         return build_resumable_train_loader(cfg, mapper)[0]
 
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        if not _is_eomt(cfg):
+            return super().build_test_loader(cfg, dataset_name)
+        # images as read: EoMT resizes and pads (or slides windows) itself, as the official evaluation
+        return build_detection_test_loader(cfg, dataset_name, mapper=_EOMT_MAPPERS[cfg.MODEL.EOMT.TASK](cfg, False))
+
     def build_hooks(self):
         # DefaultTrainer builds a plain DetectionCheckpointer just before its hooks: swap in d2reg's.
         self.checkpointer = D2RegCheckpointer(
@@ -131,7 +137,7 @@ class D2RegTrainer(DefaultTrainer):
                                            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
         opt = torch.optim.AdamW(params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
                                 weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-        return maybe_add_gradient_clipping(cfg, opt)
+        return add_gradient_clipping(cfg, opt)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

@@ -48,7 +48,7 @@ from .families import vit_backbone_from_config
 from .vit_backbone import ViTBackbone
 from .window import WindowedAttention
 
-__all__ = ["EOMT_TASKS", "EoMT", "ScaleBlock", "default_num_blocks"]
+__all__ = ["EOMT_TASKS", "EoMT", "ScaleBlock", "default_num_blocks", "panoptic_thing_ids"]
 
 EOMT_TASKS = ("panoptic", "instance", "semantic")
 
@@ -87,6 +87,16 @@ def _check_backbone(backbone: ViTBackbone, num_blocks: int) -> None:
         raise ValueError(f"EoMT uses global attention; blocks {windowed} are windowed: set window_size=0.")
     if not 1 <= num_blocks <= len(vit.blocks):
         raise ValueError(f"num_blocks must be 1..{len(vit.blocks)} (the ViT's depth), got {num_blocks}.")
+
+
+def panoptic_thing_ids(dataset_name: str) -> Optional[List[int]]:
+    """The contiguous ids of the thing classes of a registered panoptic data set (its
+    ``thing_dataset_id_to_contiguous_id``), the ``thing_ids`` of :class:`EoMT`; None for a data set without
+    stuff classes (every class a thing)."""
+    meta = MetadataCatalog.get(dataset_name)
+    if not hasattr(meta, "stuff_dataset_id_to_contiguous_id"):
+        return None
+    return sorted(meta.thing_dataset_id_to_contiguous_id.values())
 
 
 @META_ARCH_REGISTRY.register()
@@ -191,11 +201,7 @@ class EoMT(nn.Module):
             no_object_weight=loss.NO_OBJECT_WEIGHT, num_points=loss.NUM_POINTS,
             oversample_ratio=loss.OVERSAMPLE_RATIO, importance_sample_ratio=loss.IMPORTANCE_SAMPLE_RATIO,
         )
-        thing_ids = None
-        if cfg.DATASETS.TEST and c.TASK == "panoptic":
-            meta = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-            if hasattr(meta, "stuff_dataset_id_to_contiguous_id"):  # a panoptic set: things and stuff
-                thing_ids = sorted(meta.thing_dataset_id_to_contiguous_id.values())
+        thing_ids = panoptic_thing_ids(cfg.DATASETS.TEST[0]) if cfg.DATASETS.TEST and c.TASK == "panoptic" else None
         return dict(
             backbone=vit_backbone_from_config(cfg),
             num_classes=c.NUM_CLASSES,

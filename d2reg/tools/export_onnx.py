@@ -11,14 +11,18 @@ detectron2 model (R-CNN or semantic segmentation) through detectron2's TracingAd
 (3, H, W) 0-255 in the model's colour format. After exporting, both graphs run in onnxruntime and
 PyTorch at three sizes the export did not trace (square, non-square, sides not multiples of 32) and
 the largest differences are printed; the exit status is 1 when any output differs beyond tolerance.
+An EoMT config exports its network (-> eomt.onnx: ``images`` (N, 3, H, W) normalised -> ``mask_logits``
+(N, Q, H/4, W/4), ``class_logits`` (N, Q, C+1); masked attention off, as at inference; dynamic N, H, W).
 """
 import argparse
 import os
 import sys
 
+from d2reg import EoMT
 from d2reg.export import (
     DEFAULT_BACKBONE_OPSET,
     DEFAULT_MODEL_OPSET,
+    EoMTLogits,
     default_verify_sizes,
     dynamic_size_range,
     export_backbone,
@@ -59,7 +63,14 @@ def main(argv=None) -> int:
     os.makedirs(args.output, exist_ok=True)
     model = model_from_config(resolve_config_file(args.config_file), args.opts)
     static = tuple(args.static) if args.static else None
-    if args.backbone_only:
+    eomt = isinstance(model, EoMT)
+    if eomt:  # the network (masked attention off, as at inference); post-processing stays in Python
+        network = EoMTLogits(model)
+        result = export_backbone(network, os.path.join(args.output, "eomt.onnx"), static_size=static,
+                                 opset=args.opset or DEFAULT_BACKBONE_OPSET)
+        p = network.patch
+        sizes = _sizes(args, [(8 * p, 8 * p), (6 * p, 10 * p), (6 * p + 5, 9 * p - 3)])
+    elif args.backbone_only:
         backbone = model.backbone
         result = export_backbone(backbone, os.path.join(args.output, "backbone.onnx"), static_size=static,
                                  opset=args.opset or DEFAULT_BACKBONE_OPSET)
@@ -76,7 +87,9 @@ def main(argv=None) -> int:
         print("NOTE:", note)
     if args.no_verify:
         return 0
-    if args.backbone_only:
+    if eomt:
+        rows = verify_backbone(network, result.path, sizes)
+    elif args.backbone_only:
         rows = verify_backbone(model.backbone, result.path, sizes)
     else:
         rows = verify_model(model, result.path, sizes)

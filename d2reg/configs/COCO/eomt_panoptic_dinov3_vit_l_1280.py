@@ -1,0 +1,5 @@
+"""EoMT, DINOv3 ViT-L/16, COCO panoptic at 1280 (official PQ 58.9)."""
+from ..common.coco_eomt import set_input_size
+from .eomt_panoptic_dinov3_vit_l_640 import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+
+set_input_size(model, dataloader, 1280)
