@@ -8,8 +8,8 @@ package, with machine-readable results:
 
 The model is the config's own (``detectron2.modeling.build_model`` / ``instantiate(cfg.model)``), its
 weights loaded with :class:`d2reg.engine.D2RegCheckpointer`; each image is resized as the config's test
-loader does (YACS ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``; LazyConfig
-``dataloader.test.mapper.augmentations``) and the outputs come back at the image's own size. Class
+loader does (YACS ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``, none for EoMT, which resizes itself;
+LazyConfig ``dataloader.test.mapper.augmentations``) and the outputs come back at the image's own size. Class
 names and colours come from the config's first test data set (``DATASETS.TEST[0]`` /
 ``dataloader.test.dataset.names``). Files written under the output folder (layout in
 :mod:`d2reg.predict_outputs`): a picture per image (detectron2's ``Visualizer``), instances as COCO
@@ -36,8 +36,8 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode
 from tqdm import tqdm
 
-from . import data as _data  # noqa: F401  (registers the synthetic data sets: their metadata)
 from .config import add_d2reg_config, resolve_recipe
+from .data import build_eomt_augmentation
 from .engine import D2RegCheckpointer
 from .model_zoo import resolve_config_file
 from .predict_outputs import ResultWriter, atomic_path, draw, visual_metadata
@@ -140,7 +140,10 @@ def build_predictor(config_file: str, opts: Sequence[str] = (), *, device: Optio
         cfg.MODEL.DEVICE = device
         _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS PATH")
         cfg = resolve_recipe(cfg)
-        augmentations = build_augmentation(cfg, is_train=False)
+        if cfg.MODEL.META_ARCHITECTURE == "EoMT":  # as its test mapper: images as read, EoMT resizes itself
+            augmentations = build_eomt_augmentation(cfg.MODEL.EOMT.TASK, cfg.INPUT.IMAGE_SIZE, is_train=False)
+        else:  # detectron2's DatasetMapper(cfg, is_train=False): INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST
+            augmentations = build_augmentation(cfg, is_train=False)
         model = build_model(cfg)
         input_format = cfg.INPUT.FORMAT
         weights = cfg.MODEL.WEIGHTS

@@ -224,3 +224,37 @@ def test_panoptic_outputs_of_eomt(images, tmp_path):
         assert (tmp_path / os.path.basename(path)).with_suffix(".png").exists()
     assert n_segments > 0
     assert {c["id"] for c in pan["categories"]} == thing_ids | stuff_ids
+
+
+EOMT_YACS = ["MODEL.D2REG.EMBED_DIM", "64", "MODEL.D2REG.DEPTH", "2", "MODEL.D2REG.NUM_HEADS", "2",
+             "MODEL.EOMT.NUM_BLOCKS", "1", "MODEL.EOMT.INPUT_SIZE", "64", "MODEL.EOMT.NUM_QUERIES", "8",
+             "MODEL.EOMT.TEST.OBJECT_MASK_THRESHOLD", "0.0", "MODEL.EOMT.TEST.OVERLAP_THRESHOLD", "0.0"]
+EOMT_LAZY = ["model.backbone.embed_dim=64", "model.backbone.depth=2", "model.backbone.num_heads=2",
+             "model.num_blocks=1", "model.input_size=64", "model.num_queries=8", "model.object_mask_threshold=0.0",
+             "model.overlap_threshold=0.0"]
+
+
+@pytest.mark.parametrize("config", ["eomt_vit_tiny_synth.yaml", "eomt_vit_tiny_synth.py"])
+def test_eomt_config_predicts_on_the_image_as_read(images, tmp_path, config):
+    """The EoMT demo configs: no test-time resize before the model (EoMT resizes itself, as its test
+    mapper feeds it), panoptic PNG = the model's own output on the image as read."""
+    path = os.path.join(DEMO, config)
+    if config.endswith(".py"):
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(path), EOMT_LAZY)
+        model = instantiate(cfg.model)
+        opts = [*EOMT_LAZY, f"train.init_checkpoint={_save_random(model, tmp_path, 'eomt')}"]
+    else:
+        model = build_model(_yacs_cfg(config, EOMT_YACS))
+        opts = [*EOMT_YACS, "MODEL.WEIGHTS", _save_random(model, tmp_path, "eomt")]
+    out = tmp_path / "out"
+    assert _run(path, _good(images), out, opts) == 0
+    model.eval()
+    n_segments = 0
+    pan = json.loads((out / "panoptic.json").read_text())["annotations"]
+    for p, ann in zip(_good(images), pan):
+        rgb = np.asarray(Image.open(p).convert("RGB"))
+        with torch.no_grad():
+            seg, info = model([{"image": torch.as_tensor(rgb.transpose(2, 0, 1).copy()).float()}])[0]["panoptic_seg"]
+        assert np.array_equal(rgb2id(np.asarray(Image.open(out / ann["file_name"]))), seg.numpy())
+        n_segments += len(info)
+    assert n_segments > 0
