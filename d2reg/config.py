@@ -147,7 +147,7 @@ def resolve_recipe(cfg: CN) -> CN:
         resolved["MODEL.D2REG.DROP_PATH_RATE"] = drop_path_rate(c.ARCH, family)
     eomt = cfg.MODEL.META_ARCHITECTURE == "EoMT"
     if c.LR_DECAY < 0:
-        resolved["MODEL.D2REG.LR_DECAY"] = (get_eomt_recipe(family, _eomt_dataset(cfg)).llrd if eomt
+        resolved["MODEL.D2REG.LR_DECAY"] = (get_eomt_recipe(family, eomt_dataset(cfg)).llrd if eomt
                                             else layer_decay(c.ARCH, family))
     if eomt:
         resolved.update(_resolve_eomt(cfg, family))
@@ -166,14 +166,15 @@ def resolve_recipe(cfg: CN) -> CN:
     return out
 
 
-def _eomt_dataset(cfg: CN) -> str:
+def eomt_dataset(cfg: CN) -> str:
+    """The recipe data set of an EoMT config: "ade20k" for ``MODEL.EOMT.TASK semantic``, else "coco"."""
     return "ade20k" if cfg.MODEL.EOMT.TASK == "semantic" else "coco"
 
 
 def _resolve_eomt(cfg: CN, family: str) -> dict:
     """The EoMT placeholders (see :func:`_add_eomt_config`) -> the recipe's values, as full key names."""
     e, s = cfg.MODEL.EOMT, cfg.SOLVER
-    r = get_eomt_recipe(family, _eomt_dataset(cfg))
+    r = get_eomt_recipe(family, eomt_dataset(cfg))
     out = {}
     if e.NUM_QUERIES <= 0:
         out["MODEL.EOMT.NUM_QUERIES"] = r.num_queries
@@ -184,7 +185,7 @@ def _resolve_eomt(cfg: CN, family: str) -> dict:
     if s.BASE_LR < 0:
         out["SOLVER.BASE_LR"] = r.lr
     epochs = s.EOMT.EPOCHS if s.EOMT.EPOCHS > 0 else None
-    max_iter = s.MAX_ITER if s.MAX_ITER > 0 else eomt_max_iter(family, _eomt_dataset(cfg), s.IMS_PER_BATCH, epochs)
+    max_iter = s.MAX_ITER if s.MAX_ITER > 0 else eomt_max_iter(family, eomt_dataset(cfg), s.IMS_PER_BATCH, epochs)
     if s.MAX_ITER <= 0:
         out["SOLVER.MAX_ITER"] = max_iter
     warmup = list(s.EOMT.WARMUP_ITERS) or list(r.warmup_iters)
@@ -192,6 +193,6 @@ def _resolve_eomt(cfg: CN, family: str) -> dict:
         out["SOLVER.EOMT.WARMUP_ITERS"] = warmup
     if e.ANNEAL.ENABLED and not e.ANNEAL.STARTS:
         blocks = e.NUM_BLOCKS if e.NUM_BLOCKS > 0 else default_num_blocks(cfg.MODEL.D2REG.ARCH)
-        starts, ends = eomt_annealing_windows(blocks, max_iter, family, _eomt_dataset(cfg), warmup[1])
+        starts, ends = eomt_annealing_windows(blocks, max_iter, family, eomt_dataset(cfg), warmup[1])
         out["MODEL.EOMT.ANNEAL.STARTS"], out["MODEL.EOMT.ANNEAL.ENDS"] = starts, ends
     return out

@@ -12,7 +12,7 @@ from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 from detectron2.utils import comm
 
-from ..config import add_d2reg_config, resolve_recipe
+from ..config import add_d2reg_config, eomt_dataset, resolve_recipe
 from ..data.eomt_mapper import EoMTInstanceDatasetMapper, EoMTPanopticDatasetMapper, EoMTSemanticDatasetMapper
 from ..data.readers import load_sem_seg_gt
 from ..evaluation import build_panoptic_evaluator
@@ -30,10 +30,6 @@ _EOMT_MAPPERS = {"panoptic": EoMTPanopticDatasetMapper, "instance": EoMTInstance
 
 def _is_eomt(cfg) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == "EoMT"
-
-
-def _eomt_dataset(cfg) -> str:
-    return "ade20k" if cfg.MODEL.EOMT.TASK == "semantic" else "coco"
 
 
 def setup_cfg(args) -> CfgNode:
@@ -131,7 +127,7 @@ class D2RegTrainer(DefaultTrainer):
         if not _is_eomt(cfg):
             return build_optimizer(cfg, model)
         cfg = resolve_recipe(cfg)
-        decay_query_blocks = get_eomt_recipe(cfg.MODEL.D2REG.FAMILY, _eomt_dataset(cfg)).decay_query_blocks
+        decay_query_blocks = get_eomt_recipe(cfg.MODEL.D2REG.FAMILY, eomt_dataset(cfg)).decay_query_blocks
         params = get_eomt_optimizer_params(model, cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY,
                                            cfg.MODEL.D2REG.LR_DECAY, decay_query_blocks,
                                            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM)
