@@ -187,3 +187,42 @@ def test_benchmark_cuda_bf16_smoke(tmp_path):
                            pretrain_img_size=TINY_IMG, log=lambda s: None)
     assert report["ceiling"]["bf16"] > 0
     assert all(r["fwd_peak_mib"] is not None for r in report["results"])
+
+
+def test_benchmark_tool_eomt_cases(tmp_path):
+    """The EoMT cases: EoMT forward / training step (its real set loss) and d2reg's Mask R-CNN on the same tiny
+    ViT; the EoMT targets are the ratios of the rows measured."""
+    tool = load_tool("benchmark")
+    out = tmp_path / "bench.json"
+    arch = [f"--{k.replace('_', '-')}={v}" for k, v in TINY_DEEP_ARCH.items()]
+    rc = tool.main([*arch, "--pretrain-img-size", str(TINY_IMG), "--sizes", "64", "--warmup", "0", "--repeats", "1",
+                    "--no-flops", "--cases", "d2reg", "d2reg-eomt", "d2reg-maskrcnn",
+                    "--step-cases", "d2reg-eomt", "d2reg-maskrcnn", "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    rows = {r["case"]: r for r in report["results"]}
+    assert set(rows) == {"d2reg", "d2reg-eomt", "d2reg-maskrcnn"}
+    for name in ("d2reg-eomt", "d2reg-maskrcnn"):
+        assert rows[name]["fwd_s"] > 0 and rows[name]["step_s"] > 0 and rows[name]["step_peak_mib"] > 0
+    targets = {t["target"]: t for t in report["targets"]}
+    eomt, bb, rcnn = rows["d2reg-eomt"], rows["d2reg"], rows["d2reg-maskrcnn"]
+    assert targets["EoMT forward / backbone forward"]["value"] == pytest.approx(eomt["fwd_s"] / bb["fwd_s"])
+    assert targets["EoMT / Mask R-CNN training step time"]["value"] == pytest.approx(eomt["step_s"] / rcnn["step_s"])
+    assert targets["EoMT / Mask R-CNN step peak memory"]["value"] == pytest.approx(
+        eomt["step_peak_mib"] / rcnn["step_peak_mib"])
+
+
+def test_eomt_benchmark_step_is_the_training_loss():
+    """The EoMT step case runs the real set loss on its synthetic segments (finite, with gradients to the
+    queries and the ViT), and its forward is the masks-off inference."""
+    from d2reg.benchmark.run import make_cases
+
+    case, = make_cases("vit_small", 64, ["d2reg-eomt"], arch_overrides=TINY_DEEP_ARCH, pretrain_img_size=TINY_IMG)
+    model = case.get("cpu").train()
+    x = torch.randn(2, 3, 64, 64)
+    losses = case.run(model, x)
+    assert {"loss_ce", "loss_mask", "loss_dice"} <= set(losses) and any(k.endswith("_block0") for k in losses)
+    sum(losses.values()).backward()
+    assert model.q.weight.grad.abs().sum() > 0 and model.backbone.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    masks, classes = case.run(model.eval(), x)
+    assert len(masks) == 1 and classes[0].shape == (2, 200, 134)

@@ -26,7 +26,18 @@ dinov3-timm    bare timm ``vit_*_patch16_dinov3[_qkvb]`` (``timm.create_model(..
                ``forward_features``
 dinov3-ckpt    DINOv3 with per-block activation checkpointing (training step only)
 dinov3-win     DINOv3 with 14x14 windowed attention (full-grid RoPE phases), ViTDet's 4 global blocks
+d2reg-eomt     :class:`d2reg.EoMT` (COCO panoptic: 133 classes, 200 queries, the arch's query blocks) on
+               d2reg's backbone: forward = ``forward_logits``, masked attention off (inference);
+               step = the set loss on synthetic segments, masks on in every query block
+d2reg-maskrcnn d2reg's COCO Mask R-CNN LazyConfig on the same ViT, square pad = S, mask head on 100
+               detections (see ``eomt_cases.py``)
+dinov3-eomt,   the same on :class:`DINOv3Backbone`
+dinov3-maskrcnn
 =============  ==============================================================================
+
+EoMT's targets: forward <= 1.15 x the bare backbone's (the official figure, on a GPU: the queries add
+~10% tokens to the last blocks); its forward, training step and step memory against Mask R-CNN's are
+reported. ``--sizes 640`` is the recipe's input.
 
 The DINOv3 cases get the same targets as the DINOv2 ones (names prefixed "DINOv3: "): backbone forward
 <= 1.05 x bare timm, window speed-up, checkpointing memory/time, FLOP/s against the ceiling. They run
@@ -50,14 +61,27 @@ are ``B*heads*Lq*Lk*d`` MACs each (the softmax is not counted, as fvcore counts 
 Reported GMAC are these MACs; achieved FLOP/s = 2 * MACs / time, compared with the machine's own
 dense matmul FLOP/s (``2 n^3 / t``) as the ceiling.
 """
+from .eomt_cases import EOMT_CASES
 from .measure import count_macs, kernel_flops, matmul_flops, sdpa_flop_jit, time_interleaved
 from .report import evaluate_targets, format_report, save_report
-from .run import ALL_CASES, DINOV2_CASES, DINOV3_CASES, STEP_CASES, WINDOW_SIZE, Case, make_cases, run_benchmark
+from .run import (
+    ALL_CASES,
+    DEFAULT_CASES,
+    DINOV2_CASES,
+    DINOV3_CASES,
+    STEP_CASES,
+    WINDOW_SIZE,
+    Case,
+    make_cases,
+    run_benchmark,
+)
 
 __all__ = [
     "ALL_CASES",
+    "DEFAULT_CASES",
     "DINOV2_CASES",
     "DINOV3_CASES",
+    "EOMT_CASES",
     "STEP_CASES",
     "WINDOW_SIZE",
     "Case",

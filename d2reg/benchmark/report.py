@@ -72,6 +72,21 @@ def evaluate_targets(rows: List[dict], ceiling: Dict[str, float], dtype: str = "
             if sfp and r["fwd_s"] and sfp["fwd_s"]:
                 v = _ratio(sfp, r, "fwd")
                 add(f"{pre}pyramid cost: (backbone+SFP) / backbone forward", size, bs, v, "(report)", None)
+    for base, pre in (("d2reg", ""), ("dinov3", "DINOv3: ")):
+        for r in rows:
+            if r["case"] != f"{base}-eomt":
+                continue
+            size, bs = r["size"], r["batch"]
+            bb, rcnn = _find(rows, base, size, bs), _find(rows, f"{base}-maskrcnn", size, bs)
+            if bb and r["fwd_s"] and bb["fwd_s"]:
+                v = _ratio(r, bb, "fwd")
+                add(f"{pre}EoMT forward / backbone forward", size, bs, v, "<= 1.15", v <= 1.15)
+            for key, what in (("fwd", "forward"), ("step", "training step")):
+                if rcnn and r[f"{key}_s"] and rcnn[f"{key}_s"]:
+                    add(f"{pre}EoMT / Mask R-CNN {what} time", size, bs, _ratio(r, rcnn, key), "(report)", None)
+            if rcnn and r.get("step_peak_mib") and rcnn.get("step_peak_mib"):
+                add(f"{pre}EoMT / Mask R-CNN step peak memory", size, bs, r["step_peak_mib"] / rcnn["step_peak_mib"],
+                    "(report)", None)
     hf_rows = [r for r in rows if r["case"] == "hf"]
     for h in hf_rows:
         r = _find(rows, "d2reg", h["size"], h["batch"])

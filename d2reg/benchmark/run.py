@@ -15,6 +15,7 @@ from ..modeling import DINOv2Backbone, DINOv3Backbone, SimpleFeaturePyramid
 from ..modeling.window import default_window_block_indexes
 from ..vit import ARCHS, get_arch
 from ..vit.dinov3 import DINOV3_ARCHS, get_dinov3_arch
+from .eomt_cases import EOMT_CASES, eomt_case, mask_rcnn_case
 from .measure import (
     _autocast,
     _CpuPeak,
@@ -44,10 +45,11 @@ MEMORY_CASES = tuple(f"{base}-{r}" for base in ("d2reg+sfp", "dinov3+sfp") for r
 MEMORY_TABLE_CASES = ("d2reg+sfp", "dinov3+sfp") + MEMORY_CASES  # their steps get the tensor-level memory
 ORT_CASES = ("d2reg+sfp-ort", "dinov3+sfp-ort")  # onnxruntime (CPU) on the exported backbone + pyramid
 DINOV2_CASES = ("d2reg", "d2reg+sfp", "d2reg+sfp-ort", "timm", "d2reg-p14", "hf", "d2reg-ckpt", "d2reg-win") + tuple(
-    n for n in MEMORY_CASES if n.startswith("d2reg"))
+    n for n in MEMORY_CASES + EOMT_CASES if n.startswith("d2reg"))
 DINOV3_CASES = ("dinov3", "dinov3+sfp", "dinov3+sfp-ort", "dinov3-timm", "dinov3-ckpt", "dinov3-win") + tuple(
-    n for n in MEMORY_CASES if n.startswith("dinov3"))
+    n for n in MEMORY_CASES + EOMT_CASES if n.startswith("dinov3"))
 ALL_CASES = DINOV2_CASES + DINOV3_CASES
+DEFAULT_CASES = tuple(n for n in ALL_CASES if n not in EOMT_CASES)  # the backbone benchmark; EoMT's by name
 STEP_CASES = ("d2reg", "d2reg-ckpt", "d2reg-win", "dinov3", "dinov3-ckpt", "dinov3-win")  # training step timed
 WINDOW_SIZE = 14
 
@@ -164,6 +166,12 @@ def make_cases(arch: str, size: int, names: Sequence[str], num_register_tokens: 
         "dinov3-win": lambda: Case("dinov3-win", s16, 16, backbone3(
             window_size=WINDOW_SIZE, window_block_indexes=default_window_block_indexes(spec3.depth))),
     }
+    for name, family, make in (("d2reg", "dinov2", backbone), ("dinov3", "dinov3", backbone3)):
+        net = dict(common) if family == "dinov2" else dict(arch=arch, **v3_over)
+        table[f"{name}-eomt"] = lambda name=name, make=make: Case(
+            f"{name}-eomt", s16, 16, *eomt_case(lambda **kw: make(**kw)(), arch, s16))
+        table[f"{name}-maskrcnn"] = lambda name=name, family=family, net=net: Case(
+            f"{name}-maskrcnn", s16, 16, *mask_rcnn_case(family, s16, net), flops=False)
     for r, kw in MEMORY_RECIPES.items():  # step-only cases of the memory table (backbone + pyramid)
         table[f"d2reg+sfp-{r}"] = lambda r=r, kw=kw: Case(f"d2reg+sfp-{r}", s16, 16, lambda: pyramid(backbone(**kw)),
                                                           forward=False)
@@ -270,7 +278,7 @@ def run_benchmark(
     arch: str = "vit_small",
     sizes: Sequence[int] = (1024,),
     batch_sizes: Sequence[int] = (1,),
-    cases: Sequence[str] = ALL_CASES,
+    cases: Sequence[str] = DEFAULT_CASES,
     step_cases: Sequence[str] = STEP_CASES,
     device: str = "cpu",
     dtype: str = "fp32",

@@ -1,13 +1,15 @@
 """Throughput, peak memory and FLOPs of the d2reg backbones (DINOv2 and DINOv3) against bare timm
 (vit_*_patch14_reg4_dinov2 / vit_*_patch16_dinov3), patch 14 and transformers; activation checkpointing
-and windowed attention; the machine's matmul FLOP/s as the ceiling. Writes a JSON report and prints
-markdown tables (see d2reg/benchmark/__init__.py for the method).
+and windowed attention; EoMT and Mask R-CNN on the same ViT; the machine's matmul FLOP/s as the ceiling.
+Writes a JSON report and prints markdown tables (see d2reg/benchmark/__init__.py for the method).
 
 Examples:
-  python tools/benchmark.py                                   # ViT-S, 1024^2, batch 1, every case
+  python tools/benchmark.py                                   # ViT-S, 1024^2, batch 1, every backbone case
   python tools/benchmark.py --sizes 768 1024 1536 --cases d2reg d2reg-win --step-cases d2reg d2reg-win
   python tools/benchmark.py --device cuda --dtype bf16 --batch-sizes 1 4
   python tools/benchmark.py --cases dinov3 dinov3-timm dinov3-win --step-cases   # DINOv3 only, forward
+  # EoMT against its backbone and Mask R-CNN on the same ViT at the recipe's 640^2 (forward and training step):
+  python tools/benchmark.py --sizes 640 --cases d2reg d2reg-eomt d2reg-maskrcnn --step-cases d2reg-eomt d2reg-maskrcnn
   # training-step memory of full fine-tuning / act. checkpointing / frozen / frozen-bf16 / LoRA (+ pyramid):
   python tools/benchmark.py --arch vit_base --memory-only --step-cases d2reg+sfp d2reg+sfp-ckpt \
       d2reg+sfp-frozen d2reg+sfp-frozen-bf16 d2reg+sfp-lora
@@ -17,7 +19,7 @@ import sys
 
 import torch
 
-from d2reg.benchmark import ALL_CASES, STEP_CASES, format_report, run_benchmark, save_report
+from d2reg.benchmark import ALL_CASES, DEFAULT_CASES, EOMT_CASES, STEP_CASES, format_report, run_benchmark, save_report
 from d2reg.benchmark.run import memory_table
 
 
@@ -30,8 +32,8 @@ def main(argv=None) -> int:
                    help="DINOv2 register tokens (0: original DINOv2); DINOv3 always has 4 storage tokens")
     p.add_argument("--sizes", type=int, nargs="+", default=[1024], help="square input sides (518-1536)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
-    p.add_argument("--cases", nargs="*", default=list(ALL_CASES), choices=ALL_CASES,
-                   help="cases whose forward is timed")
+    p.add_argument("--cases", nargs="*", default=list(DEFAULT_CASES), choices=ALL_CASES,
+                   help="cases whose forward is timed (default: all but EoMT's " + ", ".join(EOMT_CASES) + ")")
     p.add_argument("--step-cases", nargs="*", default=list(STEP_CASES), choices=ALL_CASES,
                    help="cases whose training step (forward+backward) is timed; none: forward only")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
