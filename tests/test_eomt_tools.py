@@ -122,3 +122,41 @@ def test_export_tool_eomt_matches_onnxruntime(tiny_synth, tmp_path):
     assert [o.name for o in sess.get_outputs()] == ["mask_logits", "class_logits"]
     masks, classes = sess.run(None, {sess.get_inputs()[0].name: torch.randn(2, 3, 40, 72).numpy()})
     assert masks.shape == (2, 8, 10, 18) and classes.shape == (2, 8, 7)  # 8 queries, 6 classes + no object
+
+
+def test_eval_only_official_lightning_checkpoint(tiny_synth, tmp_path):
+    """The README's one command: ``--eval-only MODEL.WEIGHTS <official Lightning .bin> MODEL.D2REG.WEIGHTS ""``
+    loads the file (timm-named ViT under ``network.encoder.backbone.``, the heads under ``network.``) into the
+    model the tool builds and prints PQ; a query-count mismatch stops the tool with the fix."""
+    import timm
+
+    from d2reg import CheckpointError
+    from d2reg.engine import D2RegCheckpointer
+    from d2reg.engine.trainer import setup_cfg
+
+    tool = load_tool("train_net")
+    args = parse(tool, f"{CONFIG}.yaml", *TINY, "MODEL.D2REG.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "eval"))
+    cfg = setup_cfg(args)
+    torch.manual_seed(5)
+    # the official ViT: timm.create_model(<timm DINOv2-reg name>, img_size=..., patch_size=..., num_classes=0)
+    vit = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=64,
+                            patch_size=cfg.MODEL.D2REG.PATCH_SIZE, num_classes=0, embed_dim=64,
+                            depth=cfg.MODEL.D2REG.DEPTH, num_heads=2)
+    heads = {k: v for k, v in D2RegTrainer.build_model(cfg).state_dict().items()
+             if k.startswith(("q.", "class_head.", "mask_head.", "upscale."))}
+    sd = {f"network.encoder.backbone.{k}": v for k, v in vit.state_dict().items()}
+    sd.update({f"network.{k}": v for k, v in heads.items()})
+    sd["network.attn_mask_probs"] = torch.zeros(cfg.MODEL.EOMT.NUM_BLOCKS)
+    path = str(tmp_path / "eomt_tiny_640.bin")
+    torch.save({"state_dict": sd}, path)
+
+    res = tool.main(parse(tool, f"{CONFIG}.yaml", *TINY, "MODEL.WEIGHTS", path, "MODEL.D2REG.WEIGHTS", "",
+                          "OUTPUT_DIR", str(tmp_path / "eval"), flags=("--eval-only",)))
+    _check_pq(res)
+    model = D2RegTrainer.build_model(cfg)  # what the tool evaluated: its weights are the file's
+    D2RegCheckpointer(model).resume_or_load(path, resume=False)
+    assert torch.equal(model.q.weight, heads["q.weight"])
+    assert torch.equal(model.backbone.vit.blocks[-1].mlp.fc2.weight, vit.blocks[-1].mlp.fc2.weight)
+    with pytest.raises(CheckpointError, match="set MODEL.EOMT.NUM_QUERIES"):
+        tool.main(parse(tool, f"{CONFIG}.yaml", *TINY, "MODEL.WEIGHTS", path, "MODEL.D2REG.WEIGHTS", "",
+                        "MODEL.EOMT.NUM_QUERIES", "6", "OUTPUT_DIR", str(tmp_path / "eval2"), flags=("--eval-only",)))
