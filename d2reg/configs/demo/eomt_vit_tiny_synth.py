@@ -35,7 +35,7 @@ optimizer.params.lr_decay = 1.0  # random init: no layer decay
 lr_multiplier = eomt_lr_schedule("dinov2", "coco")
 lr_multiplier.warmup_iters = [20, 40]
 
-train = eomt_train("dinov2", "coco", max_iter=1000)
+train = eomt_train("dinov2", "coco", max_iter=1500)
 train.amp.enabled = False
 train.device = "cpu"
 train.output_dir = "output/demo_panoptic_lazy"
