@@ -73,13 +73,16 @@ class Predictor:
     input_format: str = "RGB"
     metadata: Metadata = field(default_factory=lambda: MetadataCatalog.get("__d2reg_predict_unnamed"))
 
+    def __post_init__(self):
+        self._augment = T.AugmentationList(self.augmentations)
+
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray]) -> List[Dict]:
         """``images``: RGB ``(H, W, 3)`` uint8 arrays -> the model's output dict per image, on the CPU."""
         inputs = []
         for rgb in images:
             aug = T.AugInput(rgb)
-            T.AugmentationList(self.augmentations)(aug)
+            self._augment(aug)
             img = aug.image if self.input_format == "RGB" else aug.image[:, :, ::-1]
             tensor = torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1)).astype("float32"))
             inputs.append({"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]})

@@ -155,16 +155,18 @@ class ResultWriter:
             seg, info = out["panoptic_seg"]
             seg = seg.numpy()
             entry["panoptic"] = png = self._write_png(id2rgb(seg), "panoptic", f"{name}.png")
+            areas = dict(zip(*np.unique(seg, return_counts=True)))  # one pass, not one per segment
             segments = [{**s, "category_id": self._category(s["category_id"], s.get("isthing", True)),
-                         "area": int((seg == s["id"]).sum())} for s in info]
-            self.panoptic = (self.panoptic or []) + [{"image_id": image_id, "file_name": png,
-                                                      "segments_info": segments}]
+                         "area": int(areas.get(s["id"], 0))} for s in info]
+            self.panoptic = self.panoptic if self.panoptic is not None else []
+            self.panoptic.append({"image_id": image_id, "file_name": png, "segments_info": segments})
         if "instances" in out:
             results = instances_to_coco_json(_instances(out, threshold), image_id)
             for r in results:
                 r["category_id"] = self._category(r["category_id"], True)
                 r["file_name"] = path
-            self.instances = (self.instances or []) + results
+            self.instances = self.instances if self.instances is not None else []
+            self.instances.extend(results)
         self.images.append(entry)
 
     def _category(self, contiguous: int, isthing: bool) -> int:

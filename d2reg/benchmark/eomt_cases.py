@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 COCO_PANOPTIC_CLASSES = 133
@@ -37,8 +37,6 @@ def synthetic_targets(images: torch.Tensor, num_classes: int, num_segments: int 
     """detectron2 training inputs for ``images`` ``(N, 3, H, W)``: each dict has ``"image"`` (0-255 float,
     on the images' device) and ``"instances"`` with ``num_segments`` random rectangles as ``gt_masks``
     (BitMasks), their ``gt_boxes`` and random ``gt_classes`` in ``[0, num_classes)``."""
-    from detectron2.structures import Boxes
-
     g = torch.Generator().manual_seed(seed)
     n, _, h, w = images.shape
     out = []
@@ -88,8 +86,7 @@ def eomt_case(backbone: Build, arch: str, size: int) -> Tuple[Build, Call]:
         if not model.training:
             model.masked_attn_enabled = False
             return model.forward_logits(x)
-        model.masked_attn_enabled = True
-        model.attn_mask_probs.fill_(1.0)
+        model.masked_attn_enabled = True  # attn_mask_probs stay at their initial 1: masks in every query block
         return model(inputs(x))
 
     return build, call
